@@ -1,0 +1,49 @@
+// The one place where every deepem op is declared. Kernels register per dispatch key in
+// csrc/ops/**; the Python face (deepem/ops) adds defaults, docs and fake kernels.
+#include <torch/library.h>
+
+#include <string>
+
+namespace {
+
+// Ops whose name starts with '_' are internal (test entries) and have no CUDA kernel.
+constexpr const char* kSchemas[] = {
+    "box_iou3d(Tensor boxes1, Tensor boxes2) -> Tensor",
+    "nms3d(Tensor boxes, Tensor scores, float iou_threshold) -> Tensor",
+    "batched_nms3d(Tensor boxes, Tensor scores, Tensor idxs, float iou_threshold) -> Tensor",
+    // The CUDA NMS algorithm (bitmask tiles, block resolution) run on the CPU by emulating
+    // its launch grid, so that CI without a GPU tests the CUDA kernels' logic.
+    "_nms3d_bitmask_emulated(Tensor boxes, Tensor scores, Tensor? idxs, float iou_threshold, "
+    "int budget_words) -> Tensor",
+};
+
+}  // namespace
+
+TORCH_LIBRARY(deepem, m) {
+  for (const char* schema : kSchemas) m.def(schema);
+}
+
+#ifndef WITH_CUDA
+// A build without CUDA kernels still owns the CUDA dispatch key, so that a CUDA tensor
+// gets an error that says what to do instead of a dispatcher message or an undefined symbol.
+namespace {
+
+void cuda_kernels_not_built(const c10::OperatorHandle& op, torch::jit::Stack*) {
+  TORCH_CHECK(false, op.schema().name(),
+              ": this deepem build has no CUDA kernels (it was built without nvcc or without a "
+              "CUDA build of PyTorch, or with DEEPEM_CPU_ONLY=1). Rebuild with CUDA: "
+              "`FORCE_CUDA=1 pip install --no-build-isolation .` with nvcc on the PATH and a "
+              "CUDA build of torch installed, or move the tensors to the CPU.");
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(deepem, CUDA, m) {
+  for (const char* schema : kSchemas) {
+    std::string name(schema);
+    name = name.substr(0, name.find('('));
+    if (name[0] == '_') continue;
+    m.impl(name.c_str(), torch::CppFunction::makeFromBoxedFunction<&cuda_kernels_not_built>());
+  }
+}
+#endif

@@ -1,0 +1,40 @@
+// The Python module deepem._C: importing it loads the op registrations of the library.
+// Plain CPython API (no pybind11) keeps this file quick to compile.
+#include <Python.h>
+#include <torch/version.h>
+
+#ifndef DEEPEM_CUDA_ARCHS
+#define DEEPEM_CUDA_ARCHS ""
+#endif
+#ifndef DEEPEM_CUDA_VERSION
+#define DEEPEM_CUDA_VERSION ""
+#endif
+
+#define DEEPEM_STR2(x) #x
+#define DEEPEM_STR(x) DEEPEM_STR2(x)
+
+namespace {
+
+PyObject* build_info(PyObject*, PyObject*) {
+#ifdef WITH_CUDA
+  PyObject* cuda = Py_True;
+#else
+  PyObject* cuda = Py_False;
+#endif
+  return Py_BuildValue(
+      "{s:O,s:s,s:s,s:s}", "cuda_kernels", cuda, "cuda_archs", DEEPEM_CUDA_ARCHS,
+      "cuda_version", DEEPEM_CUDA_VERSION, "torch",
+      DEEPEM_STR(TORCH_VERSION_MAJOR) "." DEEPEM_STR(TORCH_VERSION_MINOR) "." DEEPEM_STR(
+          TORCH_VERSION_PATCH));
+}
+
+PyMethodDef kMethods[] = {
+    {"build_info", build_info, METH_NOARGS,
+     "What this build of deepem._C contains: CUDA kernels, archs, CUDA and torch versions."},
+    {nullptr, nullptr, 0, nullptr}};
+
+PyModuleDef kModule = {PyModuleDef_HEAD_INIT, "_C", "deepem compiled ops", -1, kMethods};
+
+}  // namespace
+
+PyMODINIT_FUNC PyInit__C(void) { return PyModule_Create(&kModule); }

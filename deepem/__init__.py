@@ -1,0 +1,22 @@
+"""deepem: 3D pulmonary nodule detection with DeepEM.
+
+`deepem.ops` holds the compiled 3D box kernels (CPU and CUDA), importable on their own.
+"""
+from ._version import __version__
+
+
+def build_info():
+    """What the compiled extension holds: {'cuda_kernels': bool, 'cuda_archs': str,
+    'cuda_version': str, 'torch': the torch version it was compiled against,
+    'torch_runtime': the torch running now, 'version': deepem's version}."""
+    import torch
+
+    from ._extension import load
+
+    info = dict(load().build_info())
+    info["torch_runtime"] = torch.__version__
+    info["version"] = __version__
+    return info
+
+
+__all__ = ["__version__", "build_info"]
