@@ -76,7 +76,7 @@ def want_cuda():
 def extensions():
     sources = read_sources()
     with_cuda = want_cuda()
-    cxx = ["-O3", "-fopenmp"]
+    cxx = ["-O3", "-g0", "-fopenmp"]
     macros = []
     kwargs = {}
     srcs = sources["cpu"] + sources["python"]
