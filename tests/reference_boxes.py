@@ -17,9 +17,9 @@ def intersection(a, b):
 def box_iou3d(a, b):
     a = np.asarray(a, np.float64).reshape(-1, 6)
     b = np.asarray(b, np.float64).reshape(-1, 6)
-    inter = intersection(a, b)
-    union = volume(a)[:, None] + volume(b)[None, :] - inter
-    with np.errstate(invalid="ignore", divide="ignore"):
+    with np.errstate(invalid="ignore", divide="ignore"):  # inf - inf for non-finite boxes
+        inter = intersection(a, b)
+        union = volume(a)[:, None] + volume(b)[None, :] - inter
         iou = np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
     bad = ~np.isfinite(a).all(1)[:, None] | ~np.isfinite(b).all(1)[None, :]
     iou[bad] = np.nan
