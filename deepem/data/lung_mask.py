@@ -16,11 +16,13 @@ def lungs_from_seg(seg: np.ndarray):
     return seg == SEG_RIGHT_LUNG, seg == SEG_LEFT_LUNG
 
 
-def segment_lungs(hu: np.ndarray, spacing_zyx, threshold: float = -600.0, min_volume_ml: float = 20.0):
+def segment_lungs(hu: np.ndarray, spacing_zyx, threshold: float = -600.0, min_volume_ml: float = 5.0,
+                  second_fraction: float = 0.1):
     """Threshold segmentation: air below `threshold` HU, minus the air outside the body (air
     components touching the in-plane border of any slice), smoothed per slice; the two largest
-    remaining 3D components (of at least `min_volume_ml`) are the lungs. Returns (a, b) boolean
-    masks ordered by centroid x, b empty when both lungs form one component."""
+    remaining 3D components are the lungs: the largest (at least `min_volume_ml`) and the next
+    when it is at least `second_fraction` of it (else the lungs touch and it is gas elsewhere).
+    Returns (a, b) boolean masks ordered by centroid x, b empty when there is one component."""
     spacing_zyx = np.asarray(spacing_zyx, dtype=np.float64)
     air = hu < threshold
     # Blur away single-voxel noise first, as DeepLung's reference segmentation does (sigma 1 px).
@@ -36,6 +38,7 @@ def segment_lungs(hu: np.ndarray, spacing_zyx, threshold: float = -600.0, min_vo
     sizes[border] = 0
     voxel_ml = float(np.prod(spacing_zyx)) / 1000.0
     order = [i for i in np.argsort(-sizes)[:2] if sizes[i] * voxel_ml >= min_volume_ml]
+    order = [i for i in order if sizes[i] >= second_fraction * sizes[order[0]]]
     if not order:
         raise EmptyLungMask("no air component inside the body of at least %g ml" % min_volume_ml)
     masks = [ndimage.binary_fill_holes(labels == i) for i in order]
