@@ -37,7 +37,6 @@ def blob_centroid(img, centre, d):
 
 @pytest.mark.parametrize("direction, seg", [(io.IDENTITY, True), (FLIP_XY, False), (ROT_Z, True)])
 def test_nodule_maps_to_its_voxel_and_back(tmp_path, direction, seg):
-    # seed 2 gives two solid nodules >= 5 mm away from the lung wall in this geometry
     vol, info = write_scan(tmp_path, "scan", 2, direction, seg=seg, n_nodules=2)
     nod = info["nodules"]
     assert len(nod) >= 1
