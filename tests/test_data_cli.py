@@ -6,6 +6,9 @@ import sys
 import numpy as np
 import pytest
 
+pytest.importorskip("scipy")
+pytest.importorskip("SimpleITK")
+
 from deepem import cli
 from deepem.data import datasets
 

@@ -4,6 +4,9 @@ import os
 
 import numpy as np
 import pytest
+
+pytest.importorskip("scipy")
+pytest.importorskip("SimpleITK")
 import torch
 from scipy import ndimage
 

@@ -3,7 +3,9 @@ import os
 
 import numpy as np
 import pytest
-import SimpleITK as sitk
+
+pytest.importorskip("scipy")
+sitk = pytest.importorskip("SimpleITK")
 
 from deepem.data import io
 

@@ -6,6 +6,9 @@ import os
 import numpy as np
 import pytest
 
+pytest.importorskip("scipy")
+pytest.importorskip("SimpleITK")
+
 from deepem.data import io, phantom, tables
 
 SHAPE = (48, 80, 80)

@@ -4,6 +4,9 @@ import os
 
 import numpy as np
 import pytest
+
+pytest.importorskip("scipy")
+pytest.importorskip("SimpleITK")
 from scipy import ndimage
 
 from deepem.data import io, lung_mask, phantom, preprocess, tables

@@ -2,6 +2,8 @@
 import numpy as np
 import pytest
 
+pytest.importorskip("scipy")
+
 from deepem.data import tables
 
 UID1 = "1.3.6.1.4.1.14519.5.2.1.6279.6001.100225287222365663678666836860"

@@ -64,21 +64,24 @@ def world_to_voxel(world_xyz, origin, spacing, direction=IDENTITY) -> np.ndarray
     return idx_xyz[..., ::-1]
 
 
-def _is_dicom_dir(path: str) -> bool:
-    return os.path.isdir(path)
+def _sitk():
+    try:
+        import SimpleITK
+    except ImportError as e:  # an optional dependency: the kernels do not need it
+        raise ImportError("reading and writing scans needs SimpleITK: pip install 'deepem[data]'") from e
+    return SimpleITK
 
 
 def read_image(path, dtype=np.int16) -> Volume:
     """Reads `.mhd` (+ `.raw`), `.nii`/`.nii.gz`, any other SimpleITK format, or a folder
     holding one DICOM series. Raises FileNotFoundError for a missing path and ScanReadError
     (naming the path) for anything SimpleITK cannot read."""
-    import SimpleITK as sitk
-
+    sitk = _sitk()
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError("scan not found: %s" % path)
     try:
-        if _is_dicom_dir(path):
+        if os.path.isdir(path):
             reader = sitk.ImageSeriesReader()
             series = reader.GetGDCMSeriesIDs(path)
             if not series:
@@ -108,8 +111,7 @@ def read_image(path, dtype=np.int16) -> Volume:
 def write_image(volume: Volume, path, compress: bool = False) -> None:
     """Writes a volume with SimpleITK; `.mhd` writes the `.raw` beside it. The files appear
     atomically (written under temporary names, then renamed)."""
-    import SimpleITK as sitk
-
+    sitk = _sitk()
     path = os.fspath(path)
     image = sitk.GetImageFromArray(np.ascontiguousarray(volume.array))
     image.SetOrigin(tuple(float(v) for v in volume.origin))

@@ -54,6 +54,8 @@ def _hull_slice(mask2d: np.ndarray) -> np.ndarray:
 
     ys, xs = np.nonzero(mask2d)
     y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    edge = mask2d & ~ndimage.binary_erosion(mask2d)  # the hull of the edge pixels is the same
+    ys, xs = np.nonzero(edge)
     corners = np.array([[-0.5, -0.5], [-0.5, 0.5], [0.5, -0.5], [0.5, 0.5]])
     points = (np.stack([ys, xs], 1)[:, None, :] + corners[None]).reshape(-1, 2)
     try:

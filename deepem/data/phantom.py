@@ -281,8 +281,8 @@ def _make_and_write(args):
 
 
 def split_names(n_scans, fractions=(0.5, 0.3, 0.2)):
-    """'full' / 'weak' / 'test' for scans 0..n-1, in that order, with at least one test scan
-    and (from 3 scans) one of each."""
+    """'full' / 'weak' / 'test' for n scans, in that order, in proportion to `fractions`
+    (rounded; from 3 scans on, every split with a non-zero fraction gets at least one)."""
     f = np.asarray(fractions, dtype=np.float64)
     if f.shape != (3,) or np.any(f < 0) or f.sum() <= 0:
         raise ValueError("split fractions must be three non-negative numbers, got %s" % (fractions,))
