@@ -88,7 +88,14 @@ def test_augmentation_keeps_boxes_on_the_image(pre):
             check_boxes_match_image(item, (crop,) * 3)
             if i < len(ds.samples):  # the sampled nodule is in the crop, with its margin if it fits
                 uid, j = ds.samples[i]
-                assert len(item["boxes"]) >= 1
+                target = ds.boxes[uid][j]
+                sc, b = item["scale"], item["boxes"].numpy()
+                k = np.argmin(np.abs(b[:, 3] - target[3] * sc))
+                assert abs(b[k, 3] - target[3] * sc) < 1e-3
+                c, r = target[:3], target[3] / 2
+                if crop / sc > np.max(np.ceil(c + r) - np.floor(c - r)) + 2 * ds.margin:
+                    assert np.all(b[k, :3] - b[k, 3] / 2 >= (ds.margin - 1) * sc - 1 - 1e-3)
+                    assert np.all(b[k, :3] + b[k, 3] / 2 <= crop - (ds.margin - 1) * sc + 1e-3)
                 scales.append(item["scale"])
                 flips.append(item["flip"].numpy())
     assert min(scales) < 0.95 and max(scales) > 1.05  # scale augmentation happened
@@ -102,8 +109,7 @@ def test_coord_map_points_at_the_scan_position(pre):
     ds = D.CropDataset(pre, ["a"], crop_size=48, seed=5, random_fraction=0.0)
     for i in range(len(ds)):
         item = ds[i]
-        uid, j = ds.samples[i]
-        target = BOXES[j]
+        target = BOXES[ds.samples[i][1]]
         crop_boxes = item["boxes"].numpy()
         k = np.argmin(np.abs(crop_boxes[:, 3] - target[3] * item["scale"]))
         cell = np.clip((crop_boxes[k, :3] // 4).astype(int), 0, 11)

@@ -7,7 +7,6 @@ import pytest
 
 pytest.importorskip("scipy")
 pytest.importorskip("SimpleITK")
-from scipy import ndimage
 
 from deepem.data import io, lung_mask, phantom, preprocess, tables
 
