@@ -60,7 +60,9 @@ def test_nodule_maps_to_its_voxel_and_back(tmp_path, direction, seg):
             continue
         found += 1
         c = blob_centroid(img, lab[:3].astype(np.float64), d)
-        assert np.linalg.norm(c - lab[:3]) < 1.0  # the blob is at the label's voxel
+        # the blob is at the label's voxel (exact resampling: ~0.05 voxel; a half-voxel
+        # shift of the grid would show as ~0.9)
+        assert np.linalg.norm(c - lab[:3]) < 0.4
         back = preprocess.grid_to_world(c, meta)
         assert np.linalg.norm(back - [x, y, z]) < 1.0  # and maps back to world within 1 mm
     assert found >= 1
