@@ -11,7 +11,9 @@
   voxel margin, configurable) and the inverse that stitches per-tile outputs.
 
 Randomness comes from numpy Generators seeded by (seed, epoch, index): a sample does not
-depend on which DataLoader worker draws it or in which order (call `set_epoch` each epoch).
+depend on which DataLoader worker draws it or in which order. Call `set_epoch` (and, for the
+weak set, `set_pseudo_boxes`) before iterating; DataLoader workers copy the dataset when an
+iteration starts, so use persistent_workers=False (the default) for the changes to reach them.
 Images go to the network as float32 (u8 - 128) / 128.
 """
 import json

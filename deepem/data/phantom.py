@@ -339,7 +339,7 @@ def make_dataset(out_dir, n_scans=10, seed=0, shape=(120, 160, 160), n_subsets=1
     with open(os.path.join(out_dir, "splits.json"), "w") as f:
         json.dump(splits, f, indent=1)
     settings = {"seed": int(seed), "n_scans": int(n_scans), "shape": list(shape), "n_subsets": n_subsets,
-                "split": list(split), "scan_kwargs": {k: v for k, v in scan_kwargs.items() if np.isscalar(v)},
+                "split": list(split), "scan_kwargs": {k: np.asarray(v).tolist() for k, v in scan_kwargs.items()},
                 "subsets": {u: s for u, s, _, _ in results}}
     with open(os.path.join(out_dir, "phantom.json"), "w") as f:
         json.dump(settings, f, indent=1)
