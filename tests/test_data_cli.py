@@ -1,5 +1,6 @@
 """The `deepem` command line: phantom, then preprocess, then a rerun that resumes."""
 import json
+import os
 import subprocess
 import sys
 
@@ -48,5 +49,7 @@ def test_bad_arguments_exit_with_usage(capsys):
 
 
 def test_module_entry_point():
-    out = subprocess.run([sys.executable, "-m", "deepem", "--help"], capture_output=True, text=True, check=True)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-m", "deepem", "--help"], capture_output=True, text=True, check=True,
+                         cwd=root)
     assert "phantom" in out.stdout and "preprocess" in out.stdout

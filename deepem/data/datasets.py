@@ -307,7 +307,8 @@ class SplitComb:
 
 class ScanDataset(torch.utils.data.Dataset):
     """Whole preprocessed scans for detection: dict(tiles float32 [n, 1, T, T, T],
-    coord float32 [n, 3, T/s, T/s, T/s], grid, shape, uid, meta); batch size 1 (or `collate`)."""
+    coord float32 [n, 3, T/s, T/s, T/s], grid, shape, uid, meta); one scan per step: use
+    DataLoader(..., batch_size=None) and run the tiles through the network in chunks."""
 
     def __init__(self, data_dir, uids, split_comb=None):
         self.data_dir, self.uids = os.fspath(data_dir), list(uids)
