@@ -1,0 +1,119 @@
+"""The `deepem` command line. Each subcommand is a function that adds its parser to the
+subparsers and sets `func` (args -> exit status); later subcommands append to COMMANDS.
+
+    deepem phantom OUT_DIR [--scans N] [--seed S] ...
+    deepem preprocess DATA_ROOT OUT_DIR [--workers W] ...
+"""
+import argparse
+import os
+import sys
+
+
+def _positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be a positive integer, got %s" % text)
+    return value
+
+
+def _phantom(args):
+    from .data import phantom
+
+    kwargs = {}
+    if args.spacing is not None:
+        kwargs["spacing"] = tuple(args.spacing)
+    splits = phantom.make_dataset(args.out_dir, n_scans=args.scans, seed=args.seed, shape=tuple(args.shape),
+                                  n_subsets=args.subsets, split=tuple(args.split), workers=args.workers,
+                                  write_seg=not args.no_seg, progress=not args.quiet, **kwargs)
+    print("wrote %d phantom scans to %s (full %d, weak %d, test %d)"
+          % (args.scans, args.out_dir, len(splits["full"]), len(splits["weak"]), len(splits["test"])))
+    return 0
+
+
+def add_phantom(sub):
+    p = sub.add_parser("phantom", help="write a synthetic chest CT data set in LUNA16 layout",
+                       description="Writes phantom chest CTs in LUNA16 layout: subsetK/<uid>.mhd/.raw, "
+                       "seg-lungs-LUNA16/, annotations.csv, annotations_excluded.csv, seriesuids.csv, "
+                       "weak_labels.csv, annotations_lobes.csv, splits.json. Deterministic by --seed.")
+    p.add_argument("out_dir", help="output folder (created)")
+    p.add_argument("--scans", type=_positive_int, default=10, help="number of scans (default 10)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--shape", type=_positive_int, nargs=3, default=[120, 160, 160], metavar=("Z", "Y", "X"),
+                   help="voxels per scan (default 120 160 160)")
+    p.add_argument("--spacing", type=float, nargs=3, default=None, metavar=("X", "Y", "Z"),
+                   help="voxel spacing in mm (default: random, about 0.7 0.7 1.25-2.5)")
+    p.add_argument("--subsets", type=_positive_int, default=10, help="subset folders (default 10)")
+    p.add_argument("--split", type=float, nargs=3, default=[0.5, 0.3, 0.2], metavar=("FULL", "WEAK", "TEST"),
+                   help="fractions of fully labelled / weakly labelled / test scans (default 0.5 0.3 0.2)")
+    p.add_argument("--workers", type=_positive_int, default=1, help="processes (default 1)")
+    p.add_argument("--no-seg", action="store_true", help="do not write the seg-lungs-LUNA16 lung masks")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_phantom)
+
+
+def _preprocess(args):
+    from .data import preprocess
+
+    def default(path, name):
+        if path is not None:
+            return None if path == "none" else path
+        guess = os.path.join(args.data_root, name)
+        return guess if os.path.exists(guess) else None
+
+    seg_dir = None if args.seg_dir == "none" else (args.seg_dir or "auto")
+    report = preprocess.preprocess_dataset(
+        args.data_root, args.out_dir,
+        annotations_csv=default(args.annotations, "annotations.csv"),
+        weak_csv=default(args.weak_labels, "weak_labels.csv"),
+        seriesuids_csv=args.seriesuids, seg_dir=seg_dir, workers=args.workers,
+        resolution=args.resolution, overwrite=args.overwrite, progress=not args.quiet)
+    print("preprocessed %d scans, %d already done, %d failed -> %s"
+          % (len(report["done"]), len(report["skipped"]), len(report["failed"]), args.out_dir))
+    for uid, reason in sorted(report["failed"].items()):
+        print("  failed %s: %s" % (uid, reason.splitlines()[0]), file=sys.stderr)
+    return 1 if (report["failed"] and args.strict) else 0
+
+
+def add_preprocess(sub):
+    p = sub.add_parser("preprocess", help="DeepLung preprocessing of a LUNA16-layout data set",
+                       description="Lung mask, HU window to uint8, 1 mm resampling and lung-box crop of every "
+                       "scan under DATA_ROOT (.mhd, .nii/.nii.gz, DICOM folders). Writes <uid>_clean.npy, "
+                       "<uid>_label.npy, <uid>_weak.npy and <uid>_meta.json per scan. Resumable: finished "
+                       "scans are skipped; missing or unreadable scans are reported and skipped.")
+    p.add_argument("data_root", help="folder holding the scans (searched recursively)")
+    p.add_argument("out_dir", help="output folder (created)")
+    p.add_argument("--annotations", help="annotations.csv (default DATA_ROOT/annotations.csv if present; 'none')")
+    p.add_argument("--weak-labels", help="weak label CSV (default DATA_ROOT/weak_labels.csv if present; 'none')")
+    p.add_argument("--seriesuids", help="only these scans (seriesuids.csv); a listed scan with no file is reported")
+    p.add_argument("--seg-dir", help="LUNA16 lung masks (default DATA_ROOT/seg-lungs-LUNA16 if present; "
+                   "'none' segments the lungs by threshold)")
+    p.add_argument("--resolution", type=float, default=1.0, help="output voxel size in mm (default 1)")
+    p.add_argument("--workers", type=_positive_int, default=1, help="processes (default 1)")
+    p.add_argument("--overwrite", action="store_true", help="redo scans that are already finished")
+    p.add_argument("--strict", action="store_true", help="exit with status 1 when any scan failed")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_preprocess)
+
+
+COMMANDS = [add_phantom, add_preprocess]
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="deepem", description="3D lung nodule detection with DeepEM")
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version="deepem " + __version__)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for add in COMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

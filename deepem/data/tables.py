@@ -1,0 +1,198 @@
+"""LUNA16 tables and weak labels.
+
+Every reader returns {seriesuid: float64 array [N, k]} (scans with no rows are absent) and
+raises TableError naming the file, the line and the column for any bad value.
+
+- annotations.csv / annotations_excluded.csv: seriesuid, coordX, coordY, coordZ, diameter_mm
+  -> [N, 4] (x, y, z, d) world mm (d = -1 in the excluded table means "unknown", 10 mm in FROC).
+- candidates.csv: seriesuid, coordX, coordY, coordZ, class -> [N, 4] (x, y, z, class).
+- seriesuids.csv: one seriesuid a line (LUNA16's has no header; a `seriesuid` header is skipped).
+- weak labels: seriesuid, then coordZ (world mm) and/or slice (index along the scan's z axis),
+  optional lobe (0..5: right upper, right middle, right lower, left upper, lingula, left lower)
+  -> [N, 3] (coordZ, slice, lobe), NaN for a missing coordinate and -1 for an unknown lobe.
+"""
+import csv
+import math
+import os
+
+import numpy as np
+
+ANNOTATION_COLUMNS = ("coordX", "coordY", "coordZ", "diameter_mm")
+CANDIDATE_COLUMNS = ("coordX", "coordY", "coordZ", "class")
+WEAK_COLUMNS = ("coordZ", "slice", "lobe")
+LOBES = ("right upper", "right middle", "right lower", "left upper", "lingula", "left lower")
+
+
+class TableError(ValueError):
+    """A table that is missing a column or holds a bad value; the message names file and column."""
+
+
+def _rows(path, required=()):
+    """Yields (line number, header, header-keyed dict) for a CSV with a header that holds
+    the `required` columns."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError("table not found: %s" % path)
+    with open(path, newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header is None:
+            raise TableError("%s: empty file, expected a header line" % path)
+        header = [h.strip() for h in header]
+        _require(path, header, required)
+        for row in reader:
+            if not row or all(not c.strip() for c in row):
+                continue
+            if len(row) != len(header):
+                raise TableError(
+                    "%s line %d: %d fields, header has %d" % (path, reader.line_num, len(row), len(header))
+                )
+            yield reader.line_num, header, dict(zip(header, (c.strip() for c in row)))
+
+
+def _require(path, header, columns):
+    missing = [c for c in columns if c not in header]
+    if missing:
+        raise TableError("%s: missing column(s) %s; header is %s" % (path, ", ".join(missing), ",".join(header)))
+
+
+def _float(path, line, column, text, allow_empty=False):
+    if text == "" and allow_empty:
+        return math.nan
+    try:
+        value = float(text)
+    except ValueError:
+        raise TableError("%s line %d, column %s: %r is not a number" % (path, line, column, text)) from None
+    if not math.isfinite(value):
+        raise TableError("%s line %d, column %s: %r is not finite" % (path, line, column, text))
+    return value
+
+
+def _group(rows):
+    out = {}
+    for uid, values in rows:
+        out.setdefault(uid, []).append(values)
+    return {uid: np.asarray(v, dtype=np.float64) for uid, v in out.items()}
+
+
+def _uid(path, line, row):
+    uid = row["seriesuid"]
+    if not uid:
+        raise TableError("%s line %d, column seriesuid: empty" % (path, line))
+    return uid
+
+
+def read_annotations(path, excluded: bool = False):
+    """annotations.csv (or annotations_excluded.csv with excluded=True, where d may be -1)."""
+    rows = []
+    for line, header, row in _rows(path, ("seriesuid",) + ANNOTATION_COLUMNS):
+        values = [_float(path, line, c, row[c]) for c in ANNOTATION_COLUMNS]
+        d = values[3]
+        if not (d > 0 or (excluded and d == -1)):
+            raise TableError(
+                "%s line %d, column diameter_mm: %r must be > 0%s"
+                % (path, line, row["diameter_mm"], " or -1" if excluded else "")
+            )
+        rows.append((_uid(path, line, row), values))
+    return _group(rows)
+
+
+def read_candidates(path):
+    rows = []
+    for line, header, row in _rows(path, ("seriesuid",) + CANDIDATE_COLUMNS):
+        values = [_float(path, line, c, row[c]) for c in CANDIDATE_COLUMNS]
+        if values[3] not in (0.0, 1.0):
+            raise TableError("%s line %d, column class: %r must be 0 or 1" % (path, line, row["class"]))
+        rows.append((_uid(path, line, row), values))
+    return _group(rows)
+
+
+def read_seriesuids(path):
+    """A list of seriesuids, in file order, without duplicates."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError("table not found: %s" % path)
+    uids = []
+    with open(path, newline="") as f:
+        for i, row in enumerate(csv.reader(f)):
+            uid = row[0].strip() if row else ""
+            if not uid or (i == 0 and uid == "seriesuid"):
+                continue
+            if len(row) > 1 and any(c.strip() for c in row[1:]):
+                raise TableError("%s line %d: expected one seriesuid a line, got %d fields" % (path, i + 1, len(row)))
+            uids.append(uid)
+    return list(dict.fromkeys(uids))
+
+
+def read_weak_labels(path):
+    path = os.fspath(path)
+    rows = []
+    for line, header, row in _rows(path, ("seriesuid",)):
+        if "coordZ" not in header and "slice" not in header:
+            raise TableError("%s: missing column coordZ or slice; header is %s" % (path, ",".join(header)))
+        z = _float(path, line, "coordZ", row.get("coordZ", ""), allow_empty=True)
+        s = _float(path, line, "slice", row.get("slice", ""), allow_empty=True)
+        if math.isnan(z) and math.isnan(s):
+            raise TableError("%s line %d, columns coordZ/slice: both empty" % (path, line))
+        lobe = -1.0
+        text = row.get("lobe", "")
+        if text != "":
+            lobe = _float(path, line, "lobe", text)
+            if lobe not in (0, 1, 2, 3, 4, 5, -1):
+                raise TableError("%s line %d, column lobe: %r must be an integer 0..5 (or -1)" % (path, line, text))
+        rows.append((_uid(path, line, row), [z, s, lobe]))
+    return _group(rows)
+
+
+def derive_weak_labels(annotations, lobes=None):
+    """Weak labels from full annotations: keep coordZ (and the lobe when `lobes`, a dict
+    {uid: int array [N]} aligned with the annotations, is given), drop x, y and d."""
+    out = {}
+    for uid, ann in annotations.items():
+        ann = np.asarray(ann, dtype=np.float64).reshape(-1, 4)
+        weak = np.full((len(ann), 3), np.nan)
+        weak[:, 0] = ann[:, 2]
+        weak[:, 2] = -1
+        if lobes is not None and uid in lobes:
+            lobe = np.asarray(lobes[uid]).reshape(-1)
+            if len(lobe) != len(ann):
+                raise ValueError("lobes[%s] has %d entries for %d annotations" % (uid, len(lobe), len(ann)))
+            weak[:, 2] = lobe
+        out[uid] = weak
+    return out
+
+
+def _write(path, header, rows):
+    path = os.fspath(path)
+    tmp = os.path.join(os.path.dirname(path) or ".", ".tmp-%d-%s" % (os.getpid(), os.path.basename(path)))
+    with open(tmp, "w", newline="") as f:
+        w = csv.writer(f, lineterminator="\n")
+        if header:
+            w.writerow(header)
+        w.writerows(rows)
+    os.replace(tmp, path)
+
+
+def _fmt(v):
+    return "" if isinstance(v, float) and math.isnan(v) else repr(float(v))
+
+
+def write_annotations(path, annotations, uids=None):
+    """Writes {uid: [N, 4] (x, y, z, d)} in LUNA16's column order; `uids` fixes the order."""
+    rows = []
+    for uid in uids if uids is not None else annotations:
+        for x, y, z, d in np.asarray(annotations.get(uid, np.zeros((0, 4)))).reshape(-1, 4):
+            rows.append([uid, _fmt(x), _fmt(y), _fmt(z), _fmt(d)])
+    _write(path, ("seriesuid",) + ANNOTATION_COLUMNS, rows)
+
+
+def write_seriesuids(path, uids):
+    _write(path, None, [[u] for u in uids])
+
+
+def write_weak_labels(path, weak, uids=None):
+    rows = []
+    for uid in uids if uids is not None else weak:
+        for z, s, lobe in np.asarray(weak.get(uid, np.zeros((0, 3)))).reshape(-1, 3):
+            rows.append([uid, _fmt(z), _fmt(s), "" if lobe < 0 else str(int(lobe))])
+    _write(path, ("seriesuid",) + WEAK_COLUMNS, rows)
