@@ -16,4 +16,8 @@ py="$venv/bin/python"
 # MONAI is a baseline in tests and benchmarks; its own dependencies are already here.
 "$py" -m pip install -q --disable-pip-version-check --no-deps "monai==1.6.1"
 MAX_JOBS=${MAX_JOBS:-$(nproc)} "$py" setup.py -q build_ext --inplace
+# Make this checkout importable from anywhere in the venv (what an editable install does,
+# without a second build): benchmarks and `python -m deepem` then use the in-place build.
+site=$("$py" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+pwd > "$site/deepem-checkout.pth"
 "$py" -c "import deepem; print('deepem', deepem.__version__, deepem.build_info())"
