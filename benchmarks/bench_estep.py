@@ -10,6 +10,7 @@ the whole batch (stated in the output); its cost per scan does not depend on the
 """
 import argparse
 import json
+import os
 import platform
 import sys
 import time
@@ -17,8 +18,9 @@ import time
 import numpy as np
 import torch
 
-from deepem.ops import em_map, em_posterior, em_sample
-from deepem.ops.estep import DEFAULT_MU, DEFAULT_SIGMA, DEFAULT_Z_WINDOW
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # a checkout
+from deepem.ops import em_map, em_posterior, em_sample  # noqa: E402
+from deepem.ops.estep import DEFAULT_MU, DEFAULT_SIGMA, DEFAULT_Z_WINDOW  # noqa: E402
 
 K = 2  # draws per weak label (the paper's sampling setting)
 CASES = [  # name, scans B, proposal slots P, weak-label slots M

@@ -126,17 +126,19 @@ DEEPEM_HD bool em_better(T a, int64_t ia, T b, int64_t ib) {
   return a > b || (a == b && ia < ib);
 }
 
-// The lane's best admissible entry of a row of P values, index -1 when none.
+// The lane's best admissible entry of a row of P values, index -1 when none. Within a lane the
+// indices ascend, so em_better reduces to a strict ">" from -inf (NaN and -inf never win,
+// ties keep the earlier entry).
 template <typename T>
 DEEPEM_HD void em_lane_argmax(const T* row, int64_t P, int64_t lane, int64_t lanes, T* best,
                               int64_t* best_index) {
   T v = T(-INFINITY);
   int64_t iv = -1;
   for (int64_t p = lane; p < P; p += lanes) {
-    if (em_better(row[p], p, v, iv)) {
-      v = row[p];
-      iv = p;
-    }
+    const T x = row[p];
+    const bool take = x > v;
+    v = take ? x : v;
+    iv = take ? p : iv;
   }
   *best = v;
   *best_index = iv;

@@ -14,8 +14,8 @@
 namespace deepem {
 namespace {
 
-// Tasks of about this many (label, proposal) pairs.
-constexpr int64_t kWorkPerTask = 1 << 15;
+// Tasks of about this many (label, proposal) pairs: smaller work is not worth waking threads.
+constexpr int64_t kWorkPerTask = 1 << 16;
 
 int64_t grain_for(int64_t work_per_item) {
   return std::max<int64_t>(1, kWorkPerTask / std::max<int64_t>(1, work_per_item));
@@ -33,12 +33,13 @@ void posterior_scans(const EmPosteriorInputs& in, const EmParams<T>& prm, T* out
   const T* lobe_lp = in.lobe_log_probs.defined() ? in.lobe_log_probs.data_ptr<T>() : nullptr;
   const int64_t L = in.lobe_log_probs.defined() ? in.lobe_log_probs.size(2) : 0;
   at::parallel_for(0, B, grain_for(M * P), [&](int64_t begin, int64_t end) {
-    std::vector<T> log_sig;       // per proposal of the scan: shared by its labels
+    std::vector<T> log_sig;         // per proposal of the scan: shared by its labels
     std::vector<int64_t> admitted;  // positions with a finite weight in the current label
     for (int64_t b = begin; b < end; ++b) {
       const int64_t n = counts[b];
       const T* pb = props + b * P * 5;
       log_sig.resize(n);
+      admitted.resize(n);
       for (int64_t p = 0; p < n; ++p) log_sig[p] = em_log_sigmoid(pb[5 * p]);
       for (int64_t m = 0; m < M; ++m) {
         T* row = out + (b * M + m) * P;
@@ -50,23 +51,22 @@ void posterior_scans(const EmPosteriorInputs& in, const EmParams<T>& prm, T* out
         const T z_m = wz[b * M + m];
         const T* lobe_col = lobe_lp ? lobe_lp + b * P * L + lobes[b * M + m] : nullptr;
         T max_w = T(-INFINITY);
-        admitted.clear();
-        for (int64_t p = 0; p < n; ++p) {
+        int64_t count = 0;
+        for (int64_t p = 0; p < n; ++p) {  // weights are finite or -inf, never NaN
           const T w = em_log_weight(log_sig[p], pb[5 * p + 1], z_m,
                                     lobe_col ? lobe_col[p * L] : T(0), prm);
           row[p] = w;
-          if (w > T(-INFINITY)) {
-            admitted.push_back(p);
-            max_w = w > max_w ? w : max_w;
-          }
+          admitted[count] = p;
+          count += w > T(-INFINITY);
+          max_w = w > max_w ? w : max_w;
         }
         std::fill(row + n, row + P, T(-INFINITY));
-        if (admitted.empty()) continue;
+        if (count == 0) continue;
         // The sum in ascending p, as em_lane_sum_exp with one lane (skipped terms are 0).
         T sum = T(0);
-        for (int64_t p : admitted) sum += em_exp(row[p] - max_w);
+        for (int64_t j = 0; j < count; ++j) sum += em_exp(row[admitted[j]] - max_w);
         const T log_z = max_w + std::log(sum);
-        for (int64_t p : admitted) row[p] -= log_z;
+        for (int64_t j = 0; j < count; ++j) row[admitted[j]] -= log_z;
         has[b * M + m] = true;
       }
     }
@@ -181,7 +181,7 @@ at::Tensor em_sample_cpu_kernel(const at::Tensor& log_posterior, int64_t k, int6
   AT_DISPATCH_FLOATING_TYPES(log_posterior.scalar_type(), "em_sample_cpu", [&] {
     const scalar_t* lp = log_posterior.data_ptr<scalar_t>();
     gumbel_bucket_bounds();  // built once, before the threads
-    at::parallel_for(0, B * M, grain_for(2 * P), [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, B * M, grain_for(P), [&](int64_t begin, int64_t end) {
       RowSampler<scalar_t> sampler;
       for (int64_t r = begin; r < end; ++r) {
         const uint64_t stream = em_label_stream(static_cast<uint64_t>(seed),
