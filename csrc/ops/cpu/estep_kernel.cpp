@@ -130,42 +130,66 @@ const double* gumbel_bucket_bounds() {
 // computing every key (as the CUDA kernel does).
 template <typename T>
 struct RowSampler {
+  static constexpr int64_t kSmallK = 8;  // up to here the k largest bounds are tracked inline
   struct Entry {
     double bound;
     int64_t p;
   };
   std::vector<Entry> entries;
   std::vector<std::pair<double, int64_t>> keys;
+  const double* bucket = gumbel_bucket_bounds();
 
   static bool before(const std::pair<double, int64_t>& a, const std::pair<double, int64_t>& c) {
     return em_key_before(a.first, a.second, c.first, c.second);
   }
 
-  void run(const T* row, int64_t P, int64_t k, uint64_t stream, int64_t* out) {
-    const double* bucket = gumbel_bucket_bounds();
+  double bound(T lp, uint64_t stream, int64_t p) const {
+    return em_add(static_cast<double>(lp), bucket[em_random_word(stream, p) >> (64 - kBucketBits)]);
+  }
+
+  // The smallest exact key among the entries with the `take` largest bounds.
+  double threshold(const T* row, int64_t P, int64_t take, uint64_t stream) {
+    if (take <= kSmallK) {
+      Entry best[kSmallK];  // descending bounds
+      int64_t have = 0;
+      for (int64_t p = 0; p < P; ++p) {
+        if (!(row[p] > T(-INFINITY))) continue;
+        const double b = bound(row[p], stream, p);
+        if (have == take && !(b > best[take - 1].bound)) continue;
+        int64_t j = have < take ? have++ : take - 1;
+        for (; j > 0 && best[j - 1].bound < b; --j) best[j] = best[j - 1];
+        best[j] = {b, p};
+      }
+      double t = INFINITY;
+      for (int64_t j = 0; j < have; ++j) t = std::min(t, em_sample_key(row[best[j].p], stream, best[j].p));
+      return t;
+    }
     entries.clear();
-    keys.clear();
     for (int64_t p = 0; p < P; ++p) {
-      if (!(row[p] > T(-INFINITY))) continue;
-      const uint64_t word = em_random_word(stream, p);
-      entries.push_back({em_add(static_cast<double>(row[p]), bucket[word >> (64 - kBucketBits)]), p});
+      if (row[p] > T(-INFINITY)) entries.push_back({bound(row[p], stream, p), p});
     }
-    const int64_t n = static_cast<int64_t>(entries.size());
+    std::nth_element(entries.begin(), entries.begin() + (take - 1), entries.end(),
+                     [](const Entry& a, const Entry& c) { return a.bound > c.bound; });
+    double t = INFINITY;
+    for (int64_t j = 0; j < take; ++j) t = std::min(t, em_sample_key(row[entries[j].p], stream, entries[j].p));
+    return t;
+  }
+
+  void run(const T* row, int64_t P, int64_t k, uint64_t stream, int64_t* out) {
+    int64_t n = 0;
+    for (int64_t p = 0; p < P; ++p) n += row[p] > T(-INFINITY);
     const int64_t take = std::min(k, n);
-    if (take < n && take > 0) {
-      std::nth_element(entries.begin(), entries.begin() + (take - 1), entries.end(),
-                       [](const Entry& a, const Entry& c) { return a.bound > c.bound; });
-      double threshold = INFINITY;  // the smallest exact key among the k best bounds
-      for (int64_t j = 0; j < take; ++j) {
-        threshold = std::min(threshold, em_sample_key(row[entries[j].p], stream, entries[j].p));
+    keys.clear();
+    if (take > 0) {
+      // With take == n every entry is a pick: no pruning (threshold -inf).
+      const double t = take < n ? threshold(row, P, take, stream) : -INFINITY;
+      for (int64_t p = 0; p < P; ++p) {
+        if (!(row[p] > T(-INFINITY))) continue;
+        if (take < n && !(bound(row[p], stream, p) >= t)) continue;
+        keys.emplace_back(em_sample_key(row[p], stream, p), p);
       }
-      for (const Entry& e : entries) {
-        if (e.bound >= threshold) keys.emplace_back(em_sample_key(row[e.p], stream, e.p), e.p);
-      }
-    } else {
-      for (const Entry& e : entries) keys.emplace_back(em_sample_key(row[e.p], stream, e.p), e.p);
+      std::partial_sort(keys.begin(), keys.begin() + take, keys.end(), before);
     }
-    std::partial_sort(keys.begin(), keys.begin() + take, keys.end(), before);
     for (int64_t j = 0; j < k; ++j) out[j] = j < take ? keys[j].second : -1;
   }
 };
