@@ -161,13 +161,21 @@ DEEPEM_HD void em_lane_argmax(const T* row, int64_t P, int64_t lane, int64_t lan
 
 // ---------------------------------------------------------------- sampling
 
-// IEEE operations that nvcc may not fuse into a multiply-add (host compilers for x86-64 emit
-// no FMA at the flags setup.py uses), so both sides round every step the same way.
+// IEEE operations that no compiler may fuse into a multiply-add, so that the CPU and the GPU
+// round every step the same way: nvcc never fuses the __d*_rn intrinsics; on the host, an
+// empty asm makes the rounded product a value the compiler cannot see through (GCC and Clang
+// contract a * b + c when -march enables FMA).
 DEEPEM_HD double em_mul(double a, double b) {
 #if defined(__CUDA_ARCH__)
   return __dmul_rn(a, b);
 #else
-  return a * b;
+  double r = a * b;
+#if defined(__GNUC__) && defined(__x86_64__)
+  __asm__("" : "+x"(r));
+#elif defined(__GNUC__) && defined(__aarch64__)
+  __asm__("" : "+w"(r));
+#endif
+  return r;
 #endif
 }
 DEEPEM_HD double em_add(double a, double b) {
