@@ -235,7 +235,8 @@ def test_map_ties_nan_and_inf():
 def test_sample_matches_gumbel_reference():
     batch = make_batch(12, 90, 4, seed=7)
     lp, _ = em_posterior(**batch)
-    for seed, offset, k in [(0, 0, 1), (1, 5, 2), (2**63 - 1, -3, 4), (-17, 2**40, 200)]:
+    for seed, offset, k in [(0, 0, 1), (1, 5, 2), (2**63 - 1, -3, 4), (3, 1, 9), (4, 0, 30),
+                            (-17, 2**40, 200)]:
         got = em_sample(lp, k, seed=seed, offset=offset)
         assert torch.equal(got, torch.from_numpy(em_sample_ref(lp.numpy(), k, seed, offset)))
 
@@ -413,7 +414,7 @@ def test_emulated_cuda_grid_matches_cpu(seed):
         tol = 1e-12 if dtype == torch.float64 else 1e-5
         assert torch.allclose(elp[has], lp[has], atol=tol, rtol=0)
         assert torch.equal(torch.ops.deepem._em_map_emulated(lp), em_map(lp))
-        for k in (1, 2, 7, P + 3):
+        for k in (1, 2, 7, 9, 20, P + 3):  # streamed bounds (k <= 8), partitioned, all
             assert torch.equal(torch.ops.deepem._em_sample_emulated(lp, k, seed, 4),
                                em_sample(lp, k, seed=seed, offset=4))
 

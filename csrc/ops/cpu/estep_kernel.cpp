@@ -135,7 +135,7 @@ struct RowSampler {
     double bound;
     int64_t p;
   };
-  std::vector<Entry> entries;
+  std::vector<Entry> entries;  // admissible entries of the row with their bounds
   std::vector<std::pair<double, int64_t>> keys;
   const double* bucket = gumbel_bucket_bounds();
 
@@ -143,53 +143,42 @@ struct RowSampler {
     return em_key_before(a.first, a.second, c.first, c.second);
   }
 
-  double bound(T lp, uint64_t stream, int64_t p) const {
-    return em_add(static_cast<double>(lp), bucket[em_random_word(stream, p) >> (64 - kBucketBits)]);
-  }
-
-  // The smallest exact key among the entries with the `take` largest bounds.
-  double threshold(const T* row, int64_t P, int64_t take, uint64_t stream) {
-    if (take <= kSmallK) {
-      Entry best[kSmallK];  // descending bounds
-      int64_t have = 0;
-      for (int64_t p = 0; p < P; ++p) {
-        if (!(row[p] > T(-INFINITY))) continue;
-        const double b = bound(row[p], stream, p);
-        if (have == take && !(b > best[take - 1].bound)) continue;
-        int64_t j = have < take ? have++ : take - 1;
-        for (; j > 0 && best[j - 1].bound < b; --j) best[j] = best[j - 1];
-        best[j] = {b, p};
-      }
-      double t = INFINITY;
-      for (int64_t j = 0; j < have; ++j) t = std::min(t, em_sample_key(row[best[j].p], stream, best[j].p));
-      return t;
-    }
-    entries.clear();
-    for (int64_t p = 0; p < P; ++p) {
-      if (row[p] > T(-INFINITY)) entries.push_back({bound(row[p], stream, p), p});
-    }
-    std::nth_element(entries.begin(), entries.begin() + (take - 1), entries.end(),
-                     [](const Entry& a, const Entry& c) { return a.bound > c.bound; });
-    double t = INFINITY;
-    for (int64_t j = 0; j < take; ++j) t = std::min(t, em_sample_key(row[entries[j].p], stream, entries[j].p));
-    return t;
-  }
-
   void run(const T* row, int64_t P, int64_t k, uint64_t stream, int64_t* out) {
-    int64_t n = 0;
-    for (int64_t p = 0; p < P; ++p) n += row[p] > T(-INFINITY);
+    if (k == 0) return;
+    // One pass: the bounds of the admissible entries, and (small k) the k largest of them.
+    entries.clear();
+    Entry best[kSmallK];  // descending bounds
+    int64_t have = 0;
+    for (int64_t p = 0; p < P; ++p) {
+      if (!(row[p] > T(-INFINITY))) continue;
+      const double b = em_add(static_cast<double>(row[p]),
+                              bucket[em_random_word(stream, p) >> (64 - kBucketBits)]);
+      entries.push_back({b, p});
+      if (k > kSmallK || (have == k && !(b > best[k - 1].bound))) continue;
+      int64_t j = have < k ? have++ : k - 1;
+      for (; j > 0 && best[j - 1].bound < b; --j) best[j] = best[j - 1];
+      best[j] = {b, p};
+    }
+    const int64_t n = static_cast<int64_t>(entries.size());
     const int64_t take = std::min(k, n);
     keys.clear();
-    if (take > 0) {
-      // With take == n every entry is a pick: no pruning (threshold -inf).
-      const double t = take < n ? threshold(row, P, take, stream) : -INFINITY;
-      for (int64_t p = 0; p < P; ++p) {
-        if (!(row[p] > T(-INFINITY))) continue;
-        if (take < n && !(bound(row[p], stream, p) >= t)) continue;
-        keys.emplace_back(em_sample_key(row[p], stream, p), p);
+    if (take > 0 && take < n) {
+      // Threshold: the smallest exact key among the entries with the `take` largest bounds.
+      const Entry* top = best;
+      if (k > kSmallK) {
+        std::nth_element(entries.begin(), entries.begin() + (take - 1), entries.end(),
+                         [](const Entry& a, const Entry& c) { return a.bound > c.bound; });
+        top = entries.data();
       }
-      std::partial_sort(keys.begin(), keys.begin() + take, keys.end(), before);
+      double t = INFINITY;
+      for (int64_t j = 0; j < take; ++j) t = std::min(t, em_sample_key(row[top[j].p], stream, top[j].p));
+      for (const Entry& e : entries) {
+        if (e.bound >= t) keys.emplace_back(em_sample_key(row[e.p], stream, e.p), e.p);
+      }
+    } else {  // every admissible entry is a pick
+      for (const Entry& e : entries) keys.emplace_back(em_sample_key(row[e.p], stream, e.p), e.p);
     }
+    std::partial_sort(keys.begin(), keys.begin() + take, keys.end(), before);
     for (int64_t j = 0; j < k; ++j) out[j] = j < take ? keys[j].second : -1;
   }
 };
