@@ -316,6 +316,18 @@ def test_pseudo_boxes_weights_merge_and_split():
         pseudo_boxes(proposals, picks.float())
 
 
+def test_pseudo_boxes_without_picks():
+    proposals = torch.rand(3, 4, 5)
+    for picks in (torch.full((3, 2), -1), torch.empty(3, 2, 0, dtype=torch.long)):
+        pb = pseudo_boxes(proposals, picks, torch.zeros(3, 2, 4))
+        assert pb.boxes.shape == (0, 4) and pb.scan.numel() == pb.label.numel() == pb.weight.numel() == 0
+        assert [len(b) for b, _ in pb.per_scan(3)] == [0, 0, 0]
+    with pytest.raises(ValueError, match="picks"):
+        pseudo_boxes(proposals, torch.full((3, 2), 4))
+    with pytest.raises(ValueError, match="log_posterior"):
+        pseudo_boxes(proposals, torch.zeros(3, 2, dtype=torch.long), torch.zeros(3, 2, 5))
+
+
 # ------------------------------------------------------------------ bad input
 
 def good_args():

@@ -96,8 +96,10 @@ DEEPEM_HD T em_log_weight_of(const T* proposal, T z_m, T lobe_log_prob, const Em
   return em_log_weight(em_log_sigmoid(proposal[0]), proposal[1], z_m, lobe_log_prob, prm);
 }
 
-// The per-label work of the posterior kernels, split by lane: lane `lane` of `lanes` handles
-// proposals p = lane, lane + lanes, ... (the CPU kernel is the case lanes = 1). Pass 1 writes
+// The per-label work of the CUDA posterior kernel (and its CPU emulation), split by lane: lane
+// `lane` of `lanes` handles proposals p = lane, lane + lanes, ... (the CPU kernel does the same
+// per-entry arithmetic in one lane, with each proposal's log sigmoid computed once per scan
+// and only admissible entries summed). Pass 1 writes
 // the unnormalised log weights into the label's output row and returns the lane's maximum;
 // pass 2 returns the lane's sum of exp(w - max) (max over all lanes); pass 3 subtracts the
 // log normaliser. Positions n..P-1 (padding) get -inf in pass 1.
