@@ -1,6 +1,5 @@
 """E-step kernels (em_posterior, em_map, em_sample, pseudo_boxes) against the float64
 references of tests/reference_estep.py."""
-import math
 
 import numpy as np
 import pytest

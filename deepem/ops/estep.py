@@ -165,15 +165,15 @@ def _check_posterior_shapes(proposals, weak_z):
 
 
 @torch.library.register_fake("deepem::em_posterior")
-def _em_posterior_fake(proposals, num_proposals, weak_z, weak_lobe, num_weak, lobe_log_probs, mu, sigma, z_window):
+def _em_posterior_fake(proposals, num_proposals, weak_z, *args):
     _check_posterior_shapes(proposals, weak_z)
     B, P, M = proposals.shape[0], proposals.shape[1], weak_z.shape[1]
     return proposals.new_empty((B, M, P)), proposals.new_empty((B, M), dtype=torch.bool)
 
 
 @torch.library.register_fake("deepem::_em_posterior_emulated")
-def _em_posterior_emulated_fake(proposals, num_proposals, weak_z, weak_lobe, num_weak, lobe_log_probs, mu, sigma, z_window):
-    return _em_posterior_fake(proposals, num_proposals, weak_z, weak_lobe, num_weak, lobe_log_probs, mu, sigma, z_window)
+def _em_posterior_emulated_fake(*args):
+    return _em_posterior_fake(*args)
 
 
 @torch.library.register_fake("deepem::em_map")
