@@ -15,6 +15,20 @@ constexpr const char* kSchemas[] = {
     // its launch grid, so that CI without a GPU tests the CUDA kernels' logic.
     "_nms3d_bitmask_emulated(Tensor boxes, Tensor scores, Tensor? idxs, float iou_threshold, "
     "int budget_words) -> Tensor",
+    // The DeepEM E-step (csrc/common/estep.h): posterior of each weak label over its scan's
+    // proposals, returned with a per-label "has an admissible proposal" flag; MAP and Gumbel
+    // top-k sampling picks (-1: none).
+    "em_posterior(Tensor proposals, Tensor num_proposals, Tensor weak_z, Tensor weak_lobe, "
+    "Tensor num_weak, Tensor? lobe_log_probs, float mu, float sigma, float z_window) "
+    "-> (Tensor log_posterior, Tensor has_candidate)",
+    "em_map(Tensor log_posterior) -> Tensor",
+    "em_sample(Tensor log_posterior, int k, int seed, int offset) -> Tensor",
+    // The CUDA E-step kernels' warp grids emulated on the CPU (tests without a GPU).
+    "_em_posterior_emulated(Tensor proposals, Tensor num_proposals, Tensor weak_z, "
+    "Tensor weak_lobe, Tensor num_weak, Tensor? lobe_log_probs, float mu, float sigma, "
+    "float z_window) -> (Tensor log_posterior, Tensor has_candidate)",
+    "_em_map_emulated(Tensor log_posterior) -> Tensor",
+    "_em_sample_emulated(Tensor log_posterior, int k, int seed, int offset) -> Tensor",
 };
 
 }  // namespace

@@ -1,0 +1,151 @@
+#include "estep.h"
+
+#include <torch/library.h>
+
+#include <cmath>
+
+#include "checks.h"
+
+namespace deepem {
+namespace {
+
+constexpr const char* kOp = "em_posterior";
+
+void check_integer(const at::Tensor& t, const char* op, const char* name) {
+  TORCH_CHECK(at::isIntegralType(t.scalar_type(), /*includeBool=*/false), op, ": argument '",
+              name, "' must be an integer tensor, got ", t.scalar_type());
+}
+
+void check_floating(const at::Tensor& t, const char* op, const char* name) {
+  TORCH_CHECK(at::isFloatingType(t.scalar_type()), op, ": argument '", name,
+              "' must be float16, bfloat16, float32 or float64, got ", t.scalar_type());
+}
+
+void check_shape(const at::Tensor& t, at::IntArrayRef shape, const char* what, const char* op,
+                 const char* name) {
+  TORCH_CHECK(t.sizes() == shape, op, ": argument '", name, "' must have shape ", shape, " (",
+              what, "), got ", t.sizes());
+}
+
+// counts[b] in [0, upper] for every scan: one host read (a single sync on a GPU).
+void check_counts(const at::Tensor& counts, int64_t upper, const char* op, const char* name,
+                  const char* upper_name) {
+  if (counts.numel() == 0) return;
+  const bool bad = at::logical_or(counts < 0, counts > upper).any().item<bool>();
+  TORCH_CHECK(!bad, op, ": argument '", name, "' must hold counts in [0, ", upper, "] (the ",
+              upper_name, "), got values from ", counts.min().item<int64_t>(), " to ",
+              counts.max().item<int64_t>());
+}
+
+}  // namespace
+
+EmPosteriorInputs check_em_posterior_args(const at::Tensor& proposals,
+                                          const at::Tensor& num_proposals,
+                                          const at::Tensor& weak_z, const at::Tensor& weak_lobe,
+                                          const at::Tensor& num_weak,
+                                          const c10::optional<at::Tensor>& lobe_log_probs,
+                                          double mu, double sigma, double z_window) {
+  TORCH_CHECK(proposals.dim() == 3 && proposals.size(2) == 5, kOp,
+              ": argument 'proposals' must have shape [B, P, 5] (logit, z, y, x, d), got ",
+              proposals.sizes());
+  check_floating(proposals, kOp, "proposals");
+  const int64_t B = proposals.size(0), P = proposals.size(1);
+  TORCH_CHECK(weak_z.dim() == 2 && weak_z.size(0) == B, kOp,
+              ": argument 'weak_z' must have shape [B, M] with B = ", B,
+              " (one row of label slices per scan of 'proposals'), got ", weak_z.sizes());
+  const int64_t M = weak_z.size(1);
+  check_floating(weak_z, kOp, "weak_z");
+  check_shape(num_proposals, {B}, "one count per scan", kOp, "num_proposals");
+  check_integer(num_proposals, kOp, "num_proposals");
+  check_shape(weak_lobe, {B, M}, "one lobe per weak label, like 'weak_z'", kOp, "weak_lobe");
+  check_integer(weak_lobe, kOp, "weak_lobe");
+  check_shape(num_weak, {B}, "one count per scan", kOp, "num_weak");
+  check_integer(num_weak, kOp, "num_weak");
+  check_same_device(num_proposals, proposals, kOp, "num_proposals", "proposals");
+  check_same_device(weak_z, proposals, kOp, "weak_z", "proposals");
+  check_same_device(weak_lobe, proposals, kOp, "weak_lobe", "proposals");
+  check_same_device(num_weak, proposals, kOp, "num_weak", "proposals");
+  TORCH_CHECK(std::isfinite(mu) && mu >= 0.0, kOp,
+              ": argument 'mu' must be a finite number >= 0, got ", mu);
+  TORCH_CHECK(std::isfinite(sigma) && sigma > 0.0, kOp,
+              ": argument 'sigma' must be a finite number > 0, got ", sigma);
+  TORCH_CHECK(z_window >= 0.0, kOp, ": argument 'z_window' must be >= 0 (inf: no window), got ",
+              z_window);
+
+  EmPosteriorInputs in;
+  const at::ScalarType dt = compute_dtype(proposals.scalar_type());
+  in.proposals = proposals.to(dt).contiguous();
+  in.num_proposals = num_proposals.to(at::kLong).contiguous();
+  in.weak_z = weak_z.to(dt).contiguous();
+  in.weak_lobe = weak_lobe.to(at::kLong).contiguous();
+  in.num_weak = num_weak.to(at::kLong).contiguous();
+  check_counts(in.num_proposals, P, kOp, "num_proposals", "proposal slots P of 'proposals'");
+  check_counts(in.num_weak, M, kOp, "num_weak", "label slots M of 'weak_z'");
+  if (lobe_log_probs.has_value()) {
+    const at::Tensor& lp = *lobe_log_probs;
+    TORCH_CHECK(lp.dim() == 3 && lp.size(0) == B && lp.size(1) == P && lp.size(2) >= 1, kOp,
+                ": argument 'lobe_log_probs' must have shape [", B, ", ", P,
+                ", L] (log p(lobe | proposal), L >= 1 lobes), got ", lp.sizes());
+    check_floating(lp, kOp, "lobe_log_probs");
+    check_same_device(lp, proposals, kOp, "lobe_log_probs", "proposals");
+    in.lobe_log_probs = lp.to(dt).contiguous();
+    if (B > 0 && M > 0) {
+      // Only real labels are checked: padded slots may hold anything.
+      const at::Tensor real = at::arange(M, in.num_weak.options()).unsqueeze(0) <
+                              in.num_weak.unsqueeze(1);
+      const at::Tensor out_of_range =
+          at::logical_or(in.weak_lobe < 0, in.weak_lobe >= lp.size(2)).logical_and_(real);
+      TORCH_CHECK(!out_of_range.any().item<bool>(), kOp,
+                  ": argument 'weak_lobe' must hold lobe ids in [0, ", lp.size(2),
+                  ") (the last dimension of 'lobe_log_probs') for every real label");
+    }
+  }
+  return in;
+}
+
+at::Tensor check_log_posterior(const at::Tensor& log_posterior, const char* op) {
+  TORCH_CHECK(log_posterior.dim() == 3, op,
+              ": argument 'log_posterior' must have shape [B, M, P], got ", log_posterior.sizes());
+  check_floating(log_posterior, op, "log_posterior");
+  return to_compute(log_posterior);
+}
+
+void check_sample_count(int64_t k, const char* op) {
+  TORCH_CHECK(k >= 0, op, ": argument 'k' must be >= 0 (draws per weak label), got ", k);
+}
+
+namespace {
+
+std::tuple<at::Tensor, at::Tensor> em_posterior_cpu(
+    const at::Tensor& proposals, const at::Tensor& num_proposals, const at::Tensor& weak_z,
+    const at::Tensor& weak_lobe, const at::Tensor& num_weak,
+    const c10::optional<at::Tensor>& lobe_log_probs, double mu, double sigma, double z_window) {
+  const EmPosteriorInputs in = check_em_posterior_args(
+      proposals, num_proposals, weak_z, weak_lobe, num_weak, lobe_log_probs, mu, sigma, z_window);
+  auto [log_post, has] = em_posterior_cpu_kernel(in, mu, sigma, z_window);
+  return {log_post.to(proposals.scalar_type()), has};
+}
+
+at::Tensor em_map_cpu(const at::Tensor& log_posterior) {
+  return em_map_cpu_kernel(check_log_posterior(log_posterior, "em_map"));
+}
+
+at::Tensor em_sample_cpu(const at::Tensor& log_posterior, int64_t k, int64_t seed,
+                         int64_t offset) {
+  const at::Tensor lp = check_log_posterior(log_posterior, "em_sample");
+  check_sample_count(k, "em_sample");
+  return em_sample_cpu_kernel(lp, k, seed, offset);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(deepem, CPU, m) {
+  m.impl("em_posterior", &em_posterior_cpu);
+  m.impl("em_map", &em_map_cpu);
+  m.impl("em_sample", &em_sample_cpu);
+  m.impl("_em_posterior_emulated", &em_posterior_emulated);
+  m.impl("_em_map_emulated", &em_map_emulated);
+  m.impl("_em_sample_emulated", &em_sample_emulated);
+}
+
+}  // namespace deepem
