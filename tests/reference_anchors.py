@@ -38,10 +38,20 @@ def random_key(stream, k):
     return (random_hash(stream, k).astype(np.uint64) << np.uint64(32)) | np.asarray(k, np.uint64)
 
 
-def sample_key(stream, k):
-    """Negative sampling key (int64 >= 0): (hash >> 1 << 32) | k."""
-    h = (random_hash(stream, k) >> np.uint32(1)).astype(np.int64)
-    return (h << np.int64(32)) | np.asarray(k, np.int64)
+def sample_key(stream, k, num_anchors):
+    """Negative sampling key of anchors k: their position in the crop's random order, the
+    inverse of a 4-round Feistel permutation of [0, 4^h) >= [0, num_anchors)."""
+    h = 1
+    while (1 << (2 * h)) < num_anchors:
+        h += 1
+    round_keys = [splitmix64((stream + r) & M64) & 0xFFFFFFFF for r in range(4)]
+    mask = (1 << h) - 1
+    k = np.asarray(k, np.int64)
+    left, right = ((k >> h) & mask).astype(np.uint32), (k & mask).astype(np.uint32)
+    for i in (3, 2, 1, 0):
+        prev = right ^ (hash32(left ^ np.uint32(round_keys[i])) & np.uint32(mask))
+        right, left = left, prev
+    return (left.astype(np.int64) << np.int64(h)) | right.astype(np.int64)
 
 
 def anchor_boxes(feature_size, stride, offset, shapes):
@@ -181,7 +191,7 @@ def label(gt_boxes, feature_size, stride, offset, shapes, num_gt=None, bands=Non
                 negative &= ~((zc >= lo) & (zc <= hi))
         neg_idx = np.nonzero(negative)[0]
         if num_neg is not None and num_neg >= 0 and len(neg_idx) > num_neg:
-            keys = sample_key(random_stream(seed, b, NEGATIVE_STREAM), neg_idx)
+            keys = sample_key(random_stream(seed, b, NEGATIVE_STREAM), neg_idx, k_total)
             neg_idx = neg_idx[np.argsort(keys, kind="stable")[:num_neg]]
         labels[b, neg_idx] = 0
         for j in range(n):

@@ -159,9 +159,50 @@ DEEPEM_HD uint64_t random_key(uint64_t stream, int64_t k) {
 
 constexpr uint64_t kNoKey = 0xffffffffffffffffULL;
 
-// The negative-sampling key: non-negative as an int64 (so a signed top-k orders it), unique.
-DEEPEM_HD int64_t sample_key(uint64_t stream, int64_t k) {
-  return int64_t((uint64_t(random_hash(stream, k) >> 1) << 32) | uint64_t(uint32_t(k)));
+// Negative sampling keeps the negatives that come first in a random order of the crop's
+// anchors: a 4-round Feistel permutation of [0, 2^(2h)) >= [0, K) keyed by the crop's stream
+// (positions mapping to k >= K are skipped). The CPU walks the order from the start and
+// stops after num_neg negatives; the GPU gives each anchor its position (the inverse
+// permutation) as key and takes the num_neg smallest. Both pick the same set.
+struct SampleOrder {
+  uint32_t half_bits;  // h
+  uint32_t round_keys[4];
+};
+
+DEEPEM_HD SampleOrder sample_order(uint64_t stream, int64_t num_anchors) {
+  SampleOrder o;
+  o.half_bits = 1;
+  while ((int64_t(1) << (2 * o.half_bits)) < num_anchors) ++o.half_bits;
+  for (int r = 0; r < 4; ++r) o.round_keys[r] = uint32_t(splitmix64(stream + uint64_t(r)));
+  return o;
+}
+
+DEEPEM_HD uint32_t feistel_round(const SampleOrder& o, int r, uint32_t x) {
+  return hash32(x ^ o.round_keys[r]) & ((1u << o.half_bits) - 1u);
+}
+
+// Position t -> anchor.
+DEEPEM_HD int64_t sample_order_anchor(const SampleOrder& o, int64_t t) {
+  const uint32_t mask = (1u << o.half_bits) - 1u;
+  uint32_t l = uint32_t(t >> o.half_bits) & mask, r = uint32_t(t) & mask;
+  for (int i = 0; i < 4; ++i) {
+    const uint32_t next = l ^ feistel_round(o, i, r);
+    l = r;
+    r = next;
+  }
+  return (int64_t(l) << o.half_bits) | int64_t(r);
+}
+
+// Anchor -> position (the sampling key).
+DEEPEM_HD int64_t sample_key(const SampleOrder& o, int64_t k) {
+  const uint32_t mask = (1u << o.half_bits) - 1u;
+  uint32_t l = uint32_t(k >> o.half_bits) & mask, r = uint32_t(k) & mask;
+  for (int i = 3; i >= 0; --i) {
+    const uint32_t prev = r ^ feistel_round(o, i, l);
+    r = l;
+    l = prev;
+  }
+  return (int64_t(l) << o.half_bits) | int64_t(r);
 }
 
 constexpr int64_t kNoSampleKey = 0x7fffffffffffffffLL;
@@ -297,8 +338,8 @@ DEEPEM_HD void label_match_thread(const AnchorGrid<T>& g, int64_t b, int64_t k, 
       neg_threshold, seed, b, iou + i, matched + i, b * max_gt, on_candidate);
   if (sample_keys != nullptr) {
     labels[i] = kLabelIgnore;
-    sample_keys[i] =
-        negative ? sample_key(random_stream(seed, b, kNegativeStream), k) : kNoSampleKey;
+    const SampleOrder order = sample_order(random_stream(seed, b, kNegativeStream), g.count());
+    sample_keys[i] = negative ? sample_key(order, k) : kNoSampleKey;
   } else {
     labels[i] = negative ? kLabelNegative : kLabelIgnore;
   }

@@ -202,8 +202,9 @@ LabelOutputs label_outputs(const LabelInputs& in, const LabelArgs& args) {
   const auto& fs = args.grid.feature_size;
   const int64_t k = fs[0] * fs[1] * fs[2] * static_cast<int64_t>(args.grid.shapes.size() / 3);
   const auto opts = in.gt.options();
-  return {at::full({b, k}, kLabelIgnore, opts.dtype(at::kChar)), at::zeros({b, k}, opts),
-          at::full({b, k}, -1, opts.dtype(at::kLong)), at::full({b, g}, -1, opts.dtype(at::kLong)),
+  // The kernels write every [B, K] entry; positives and targets only where a GT has one.
+  return {at::empty({b, k}, opts.dtype(at::kChar)), at::empty({b, k}, opts),
+          at::empty({b, k}, opts.dtype(at::kLong)), at::full({b, g}, -1, opts.dtype(at::kLong)),
           at::zeros({b, g, args.cube_targets ? 4 : 6}, opts)};
 }
 

@@ -85,8 +85,8 @@ LabelArgs make_label_args(at::IntArrayRef feature_size, at::ArrayRef<double> str
                           double pos_threshold, double neg_threshold, int64_t num_neg,
                           int64_t seed, bool cube_targets,
                           const c10::optional<at::ArrayRef<double>>& weights, const char* op);
-// Empty outputs of the right shapes: labels int8 [B, K] (filled -1), matched IoU [B, K]
-// (0), matched GT int64 [B, K] (-1), positive anchor int64 [B, G] (-1), targets [B, G, W] (0).
+// Outputs: labels int8 [B, K], matched IoU [B, K], matched GT int64 [B, K] (uninitialised:
+// the kernels write them all), positive anchor int64 [B, G] (-1), targets [B, G, W] (0).
 LabelOutputs label_outputs(const LabelInputs& in, const LabelArgs& args);
 // The windowed CPU labelling (fills the outputs of label_outputs).
 void label_anchors3d_cpu_kernel(const LabelInputs& in, const LabelArgs& args, LabelOutputs& out);

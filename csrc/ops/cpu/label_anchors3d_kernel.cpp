@@ -1,6 +1,6 @@
 // CPU labelling, one crop per task. Instead of testing every anchor against every GT (what
-// the CUDA kernel does), each GT visits only the window of cells whose anchors can overlap
-// it; the results are identical because an anchor outside every window has IoU exactly 0.
+// the CUDA kernel does), each GT visits only the anchors that intersect it, with the IoU
+// arithmetic split per axis; results are identical to the dense grid (tests check it).
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 
@@ -13,26 +13,47 @@
 namespace deepem {
 namespace {
 
-// Cells [lo, hi] of axis j whose anchors of shape a may intersect [gmin, gmax]; lo > hi when
-// none. One cell of margin on each side absorbs rounding.
+// The anchors of shape a that intersect a GT, axis by axis: cells [lo, hi] and, per cell,
+// the anchor's extent and its overlap with the GT, computed exactly as box_iou does.
 template <typename T>
-void overlap_window(const AnchorGrid<T>& g, int j, int64_t a, T gmin, T gmax, int64_t* lo,
-                    int64_t* hi) {
+struct AxisWindow {
+  int64_t lo = 0, hi = -1;
+  std::vector<T> extent, overlap;  // indexed i - lo
+};
+
+template <typename T>
+void axis_window(const AnchorGrid<T>& g, int j, int64_t a, T gmin, T gmax, AxisWindow<T>* w) {
+  // A conservative range first (one cell of margin absorbs rounding), then trimmed to the
+  // cells with a positive overlap.
   const double half = double(g.shapes[3 * a + j]) / 2.0;
-  const double s = double(g.stride[j]), off = double(g.offset[j]);
-  const double last = double(g.size[j] - 1);
-  const double l = std::floor((double(gmin) - half - off) / s);
-  const double h = std::ceil((double(gmax) + half - off) / s);
-  *lo = static_cast<int64_t>(std::max(0.0, std::min(l, last + 1.0)));
-  *hi = static_cast<int64_t>(std::min(last, std::max(h, -1.0)));
+  const double s = double(g.stride[j]), off = double(g.offset[j]), last = double(g.size[j] - 1);
+  const double l = std::floor((double(gmin) - half - off) / s) - 1.0;
+  const double h = std::ceil((double(gmax) + half - off) / s) + 1.0;
+  int64_t lo = static_cast<int64_t>(std::max(0.0, std::min(l, last + 1.0)));
+  int64_t hi = static_cast<int64_t>(std::min(last, std::max(h, -1.0)));
+  w->extent.clear();
+  w->overlap.clear();
+  for (int64_t i = lo; i <= hi; ++i) {
+    const T c = anchor_centre(g, j, i), half_t = g.shapes[3 * a + j] / T(2);
+    const T alo = c - half_t, ahi = c + half_t;
+    w->extent.push_back(clamp_extent(alo, ahi));
+    w->overlap.push_back(clamp_extent(box_max(alo, gmin), box_min(ahi, gmax)));
+  }
+  int64_t first = 0, end = static_cast<int64_t>(w->overlap.size());
+  while (first < end && !(w->overlap[first] > T(0))) ++first;
+  while (end > first && !(w->overlap[end - 1] > T(0))) --end;
+  w->lo = lo + first;
+  w->hi = lo + end - 1;
+  w->extent.erase(w->extent.begin(), w->extent.begin() + first);
+  w->overlap.erase(w->overlap.begin(), w->overlap.begin() + first);
 }
 
 template <typename T>
 void label_crop(const AnchorGrid<T>& g, int64_t b, const T* gts, int64_t num_gt,
                 const T* bands, int64_t num_bands, const LabelArgs& args, int8_t* labels, T* iou,
                 int64_t* matched, int64_t* pos_anchor, T* targets, int64_t width) {
-  const int64_t k_total = g.count();
-  const int64_t slab = g.size[1] * g.size[2] * g.num_shapes;  // anchors per z cell
+  const int64_t k_total = g.count(), num_shapes = g.num_shapes;
+  const int64_t slab = g.size[1] * g.size[2] * num_shapes;  // anchors per z cell
   const T pos_thr = static_cast<T>(args.pos_threshold), neg_thr = static_cast<T>(args.neg_threshold);
   // best IoU < 0 never holds: with neg_threshold 0 there are no negatives.
   std::fill(labels, labels + k_total, neg_thr > T(0) ? kLabelNegative : kLabelIgnore);
@@ -42,21 +63,31 @@ void label_crop(const AnchorGrid<T>& g, int64_t b, const T* gts, int64_t num_gt,
     if (in_z_bands(anchor_centre(g, 0, iz), bands, num_bands))
       std::fill(labels + iz * slab, labels + (iz + 1) * slab, kLabelIgnore);
   }
+  // An anchor that does not intersect a GT has IoU 0 with it: it changes nothing (0 is not
+  // > the best IoU, not >= pos_threshold > 0, and >= neg_threshold only when that is 0, in
+  // which case nothing is negative), so only the intersecting anchors are visited.
   std::vector<uint64_t> candidate(num_gt, kNoKey);
+  AxisWindow<T> wz, wy, wx;
   for (int64_t j = 0; j < num_gt; ++j) {
     const T* gt = gts + 6 * j;
     if (!gt_box_valid(gt)) continue;
     const uint64_t stream = random_stream(args.seed, b, uint64_t(j));
-    for (int64_t a = 0; a < g.num_shapes; ++a) {
-      int64_t lo[3], hi[3];
-      for (int ax = 0; ax < 3; ++ax) overlap_window(g, ax, a, gt[ax], gt[ax + 3], lo + ax, hi + ax);
-      for (int64_t iz = lo[0]; iz <= hi[0]; ++iz) {
-        for (int64_t iy = lo[1]; iy <= hi[1]; ++iy) {
-          for (int64_t ix = lo[2]; ix <= hi[2]; ++ix) {
-            const int64_t k = ((iz * g.size[1] + iy) * g.size[2] + ix) * g.num_shapes + a;
-            T box[6];
-            anchor_box_at(g, iz, iy, ix, a, box);
-            const T v = box_iou(box, gt);
+    const T gt_volume = box_volume(gt);
+    for (int64_t a = 0; a < num_shapes; ++a) {
+      axis_window(g, 0, a, gt[0], gt[3], &wz);
+      axis_window(g, 1, a, gt[1], gt[4], &wy);
+      axis_window(g, 2, a, gt[2], gt[5], &wx);
+      for (int64_t iz = wz.lo; iz <= wz.hi; ++iz) {
+        for (int64_t iy = wy.lo; iy <= wy.hi; ++iy) {
+          const T ov_zy = wz.overlap[iz - wz.lo] * wy.overlap[iy - wy.lo];
+          const T ext_zy = wz.extent[iz - wz.lo] * wy.extent[iy - wy.lo];
+          const int64_t row = (iz * g.size[1] + iy) * g.size[2];
+          for (int64_t ix = wx.lo; ix <= wx.hi; ++ix) {
+            // box_iou's arithmetic, in its order: inter = (dz * dy) * dx, union = vol_a + vol_b - inter.
+            const T inter = ov_zy * wx.overlap[ix - wx.lo];
+            const T uni = ext_zy * wx.extent[ix - wx.lo] + gt_volume - inter;
+            const T v = uni > T(0) ? inter / uni : T(0);
+            const int64_t k = (row + ix) * num_shapes + a;
             if (v > iou[k]) {
               iou[k] = v;
               matched[k] = j;
@@ -68,42 +99,31 @@ void label_crop(const AnchorGrid<T>& g, int64_t b, const T* gts, int64_t num_gt,
       }
     }
   }
-  // Random negatives: the num_neg smallest sampling keys. Keys are uniform, so only those
-  // under a threshold a little above the expected cut need sorting.
+  // Random negatives: the first num_neg negatives in the crop's random order.
   const int64_t num_neg = args.num_neg;
   if (num_neg >= 0) {
     int64_t count = 0;
     for (int64_t k = 0; k < k_total; ++k) count += labels[k] == kLabelNegative;
     if (count > num_neg) {
-      std::vector<int64_t> keys;
-      const uint64_t stream = random_stream(args.seed, b, kNegativeStream);
-      double frac = std::min(1.0, 1.25 * double(num_neg) / double(count) + 64.0 / double(count));
-      while (num_neg > 0) {
-        const int64_t thr = static_cast<int64_t>(frac * 2147483648.0);
-        keys.clear();
-        for (int64_t k = 0; k < k_total; ++k) {
-          if (labels[k] != kLabelNegative) continue;
-          const int64_t key = sample_key(stream, k);
-          if ((key >> 32) < thr) keys.push_back(key);
-        }
-        if (static_cast<int64_t>(keys.size()) >= num_neg || frac >= 1.0) break;
-        frac = std::min(1.0, 2.0 * frac);
+      const SampleOrder order = sample_order(random_stream(args.seed, b, kNegativeStream), k_total);
+      std::vector<int64_t> picked;
+      picked.reserve(num_neg);
+      for (int64_t t = 0; static_cast<int64_t>(picked.size()) < num_neg; ++t) {
+        const int64_t k = sample_order_anchor(order, t);
+        if (k < k_total && labels[k] == kLabelNegative) picked.push_back(k);
       }
       for (int64_t k = 0; k < k_total; ++k)
         if (labels[k] == kLabelNegative) labels[k] = kLabelIgnore;
-      if (num_neg > 0) {
-        std::nth_element(keys.begin(), keys.begin() + (num_neg - 1), keys.end());
-        for (int64_t i = 0; i < num_neg; ++i) labels[keys[i] & 0xffffffffLL] = kLabelNegative;
-      }
+      for (int64_t k : picked) labels[k] = kLabelNegative;
     }
   }
+  const CodingWeights<T> w = make_weights<T>(args.weights);
   for (int64_t j = 0; j < num_gt; ++j) {
     const T* gt = gts + 6 * j;
     const int64_t k = positive_anchor(g, gt, candidate[j]);
     pos_anchor[j] = k;
     if (k < 0) continue;
     labels[k] = kLabelPositive;
-    const CodingWeights<T> w = make_weights<T>(args.weights);
     anchor_target(g, k, gt, args.cube_targets, w.w, targets + width * j);
   }
 }
