@@ -403,6 +403,8 @@ def test_label_bad_arguments():
         label_anchors3d(gt, grid._replace(feature_size=(0, 2, 2)))
     with pytest.raises(RuntimeError, match="'anchor_shapes'"):
         label_anchors3d(gt, grid._replace(shapes=((5.0, -1.0, 5.0),)))
+    with pytest.raises(TypeError, match="grid"):
+        label_anchors3d(gt, grid.anchors())
 
 
 def test_hard_negatives():
@@ -480,3 +482,13 @@ def test_cuda_label_matches_cpu(seed):
                     torch.testing.assert_close(x.cpu(), y)
                 else:
                     assert torch.equal(x.cpu(), y)
+
+
+def test_negative_sampling_is_uniform_over_seeds():
+    grid = anchor_grid((4, 4, 4))  # 192 anchors, all negative without GT
+    gt = torch.zeros(1, 0, 6)
+    picks = torch.stack([label_anchors3d(gt, grid, num_neg=24, seed=s).labels[0] == 0
+                         for s in range(400)]).sum(dim=0)
+    assert int(picks.sum()) == 400 * 24
+    expected = 400 * 24 / 192  # 50
+    assert picks.min() > expected / 2 and picks.max() < expected * 1.6

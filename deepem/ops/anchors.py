@@ -143,6 +143,9 @@ def label_anchors3d(gt_boxes: Tensor, grid: AnchorGrid, *, num_gt: Optional[Tens
     the GT against its positive anchor, cube form (the GT's mean extent as d) by default or
     box form with cube_targets=False.
     """
+    if not isinstance(grid, AnchorGrid):
+        raise TypeError("grid must be an AnchorGrid (deepem.ops.anchor_grid(...)), got %s"
+                        % type(grid).__name__)
     return AnchorLabels(*torch.ops.deepem.label_anchors3d(
         gt_boxes, num_gt, neg_exclude_z, list(grid.feature_size), list(grid.stride),
         list(grid.offset), grid.flat_shapes(), float(pos_threshold), float(neg_threshold),
