@@ -492,3 +492,17 @@ def test_negative_sampling_is_uniform_over_seeds():
     assert int(picks.sum()) == 400 * 24
     expected = 400 * 24 / 192  # 50
     assert picks.min() > expected / 2 and picks.max() < expected * 1.6
+
+
+def test_label_degenerate_and_nan_ground_truth_are_skipped():
+    grid = GRIDS[0]
+    good = cubes_to_boxes(torch.tensor([[12.0, 12.0, 12.0, 8.0]]))[0]
+    flat = good.clone()
+    flat[3] = flat[0]  # zero extent on z
+    nan = good.clone()
+    nan[1] = float("nan")
+    alone = label_anchors3d(good.reshape(1, 1, 6), grid, num_neg=None)
+    mixed = label_anchors3d(torch.stack([flat, nan, good]).unsqueeze(0), grid, num_neg=None)
+    assert mixed.pos_anchor.tolist() == [[-1, -1, int(alone.pos_anchor[0, 0])]]
+    assert torch.equal(mixed.labels, alone.labels)
+    assert torch.equal(mixed.matched_gt, torch.where(alone.matched_gt >= 0, 2, -1))
