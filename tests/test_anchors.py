@@ -451,8 +451,9 @@ def test_opcheck_all_ops():
 def test_cuda_anchors_and_coding_match_cpu():
     for dt in (torch.float32, torch.float64):
         for cubes in (True, False):
-            cpu = anchors3d((5, 6, 7), (4, 3, 2), (5.0, 10.0, 20.0), cubes=cubes, dtype=dt)
-            gpu = anchors3d((5, 6, 7), (4, 3, 2), (5.0, 10.0, 20.0), cubes=cubes, dtype=dt, device="cuda")
+            args = ((5, 6, 7), (4, 0.7, 2.3), (5.0, 10.0, 20.0), (1.5, 0.35, -0.1))
+            cpu = anchors3d(*args, cubes=cubes, dtype=dt)
+            gpu = anchors3d(*args, cubes=cubes, dtype=dt, device="cuda")
             assert torch.equal(gpu.cpu(), cpu)
     rng = np.random.default_rng(0)
     for width, make in ((4, _random_cubes), (6, _random_boxes)):

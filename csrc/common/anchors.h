@@ -39,10 +39,27 @@ DEEPEM_HD double dm_abs(double x) { return fabs(x); }
 // Round half to even, like numpy.round (DeepLung's fallback cell).
 DEEPEM_HD double dm_rint(double x) { return rint(x); }
 
+// A product nvcc may not fuse into a following add (an FMA rounds once, the host twice), so
+// that anchor centres are bit-identical on CPU and GPU.
+DEEPEM_HD float dm_mul(float a, float b) {
+#ifdef __CUDA_ARCH__
+  return __fmul_rn(a, b);
+#else
+  return a * b;
+#endif
+}
+DEEPEM_HD double dm_mul(double a, double b) {
+#ifdef __CUDA_ARCH__
+  return __dmul_rn(a, b);
+#else
+  return a * b;
+#endif
+}
+
 // Centre coordinate of cell i on axis j.
 template <typename T>
 DEEPEM_HD T anchor_centre(const AnchorGrid<T>& g, int j, int64_t i) {
-  return g.offset[j] + g.stride[j] * T(i);
+  return g.offset[j] + dm_mul(g.stride[j], T(i));
 }
 
 template <typename T>
