@@ -43,7 +43,7 @@ at::Tensor nms_cuda(const at::Tensor& boxes, const at::Tensor& scores, const at:
   const c10::cuda::CUDAGuard guard(boxes.device());
   const at::Tensor b = to_compute(boxes), s = to_compute(scores);
   const at::Tensor g = idxs.defined() ? idxs.to(at::kLong).contiguous() : at::Tensor();
-  return AT_DISPATCH_FLOATING_TYPES(b.scalar_type(), op, [&] {
+  return AT_DISPATCH_FLOATING_TYPES(b.scalar_type(), "nms3d_cuda", [&] {
     CudaExecutor<scalar_t> exec{c10::cuda::getCurrentCUDAStream()};
     return bitmask_nms<scalar_t>(b, s, g, iou_threshold, kBudgetWords, exec);
   });
