@@ -108,12 +108,20 @@ void label_crop(const AnchorGrid<T>& g, int64_t b, const T* gts, int64_t num_gt,
       const SampleOrder order = sample_order(random_stream(args.seed, b, kNegativeStream), k_total);
       std::vector<int64_t> picked;
       picked.reserve(num_neg);
-      for (int64_t t = 0; static_cast<int64_t>(picked.size()) < num_neg; ++t) {
-        const int64_t k = sample_order_anchor(order, t);
-        if (k < k_total && labels[k] == kLabelNegative) picked.push_back(k);
+      // Positions in chunks: the permutation's rounds are a long dependent chain, and
+      // independent positions let the CPU overlap them.
+      constexpr int64_t kChunk = 256;
+      int64_t chunk[kChunk];
+      for (int64_t t0 = 0; static_cast<int64_t>(picked.size()) < num_neg; t0 += kChunk) {
+        for (int64_t i = 0; i < kChunk; ++i) chunk[i] = sample_order_anchor(order, t0 + i);
+        for (int64_t i = 0; i < kChunk && static_cast<int64_t>(picked.size()) < num_neg; ++i) {
+          const int64_t k = chunk[i];
+          if (k < k_total && labels[k] == kLabelNegative) picked.push_back(k);
+        }
       }
+      // Unconditional stores, so that the loop vectorises.
       for (int64_t k = 0; k < k_total; ++k)
-        if (labels[k] == kLabelNegative) labels[k] = kLabelIgnore;
+        labels[k] = labels[k] == kLabelNegative ? kLabelIgnore : labels[k];
       for (int64_t k : picked) labels[k] = kLabelNegative;
     }
   }
