@@ -76,7 +76,9 @@ def want_cuda():
 def extensions():
     sources = read_sources()
     with_cuda = want_cuda()
-    cxx = ["-O3", "-g0", "-fopenmp"]
+    # No fused multiply-add contraction on either side: CPU and CUDA kernels share their
+    # arithmetic (csrc/common) and must round every step alike to give identical results.
+    cxx = ["-O3", "-g0", "-fopenmp", "-ffp-contract=off"]
     macros = []
     kwargs = {}
     srcs = sources["cpu"] + sources["python"]
@@ -90,7 +92,7 @@ def extensions():
         if not os.path.isfile(os.path.join(CUDA_HOME, "include", "cublas_v2.h")):
             for inc in nvidia_wheel_includes():
                 cxx += ["-idirafter", inc]
-        kwargs["extra_compile_args"] = {"cxx": cxx, "nvcc": ["-O3", "--expt-relaxed-constexpr"]}
+        kwargs["extra_compile_args"] = {"cxx": cxx, "nvcc": ["-O3", "--expt-relaxed-constexpr", "--fmad=false"]}
         ext = CUDAExtension
         srcs += sources["cuda"]
     else:

@@ -29,6 +29,21 @@ constexpr const char* kSchemas[] = {
     "float z_window) -> (Tensor log_posterior, Tensor has_candidate)",
     "_em_map_emulated(Tensor log_posterior) -> Tensor",
     "_em_sample_emulated(Tensor log_posterior, int k, int seed, int offset) -> Tensor",
+    "anchors3d(Tensor anchor_shapes, int[] feature_size, float[] stride, float[] offset, "
+    "bool cubes) -> Tensor",
+    "encode_boxes3d(Tensor boxes, Tensor anchors, float[]? weights) -> Tensor",
+    "decode_boxes3d(Tensor deltas, Tensor anchors, float[]? weights, float? log_clamp) -> Tensor",
+    // Outputs: labels int8 [B, K], matched IoU [B, K], matched GT [B, K], positive anchor per
+    // GT [B, G], regression target per GT [B, G, 4 or 6].
+    "label_anchors3d(Tensor gt_boxes, Tensor? num_gt, Tensor? neg_exclude_z, int[] feature_size, "
+    "float[] stride, float[] offset, float[] anchor_shapes, float pos_threshold, "
+    "float neg_threshold, int num_neg, int seed, bool cube_targets, float[]? weights) "
+    "-> (Tensor, Tensor, Tensor, Tensor, Tensor)",
+    // The CUDA labelling kernels' grids run on the CPU (tests the CUDA logic without a GPU).
+    "_label_anchors3d_emulated(Tensor gt_boxes, Tensor? num_gt, Tensor? neg_exclude_z, "
+    "int[] feature_size, float[] stride, float[] offset, float[] anchor_shapes, float pos_threshold, "
+    "float neg_threshold, int num_neg, int seed, bool cube_targets, float[]? weights) "
+    "-> (Tensor, Tensor, Tensor, Tensor, Tensor)",
 };
 
 }  // namespace
