@@ -214,20 +214,13 @@ DEEPEM_HD void roi_pool_bin_range(T lo, T hi, T spatial_scale, int64_t pooled, i
   *end = e;
 }
 
-// One output element of roi_pool3d: the max of bin (pz, py, px) of one channel `plane` and
-// its flat index in the plane (-1 for an empty bin, value 0). Ties keep the first voxel in
-// z, y, x order; a NaN voxel wins and stays (NaN propagates).
+// The max of the voxels [b, e) of one channel `plane` and its flat index in the plane (-1 for
+// an empty region, value 0). Ties keep the first voxel in z, y, x order; a NaN voxel wins
+// and stays (NaN propagates).
 template <typename T>
-DEEPEM_HD T roi_pool3d_bin(const T* plane, const int64_t* size, const T* roi, T spatial_scale,
-                           const int64_t* pooled, int64_t pz, int64_t py, int64_t px,
-                           int64_t* argmax) {
+DEEPEM_HD T roi_pool3d_region_max(const T* plane, const int64_t* size, const int64_t* b,
+                                  const int64_t* e, int64_t* argmax) {
   *argmax = -1;
-  if (!roi_coords_finite(roi)) return T(NAN);
-  const int64_t p[3] = {pz, py, px};
-  int64_t b[3], e[3];
-  for (int a = 0; a < 3; ++a)
-    roi_pool_bin_range(roi[1 + a], roi[4 + a], spatial_scale, pooled[a], p[a], size[a], &b[a],
-                       &e[a]);
   if (e[0] <= b[0] || e[1] <= b[1] || e[2] <= b[2]) return T(0);
   T best = T(0);
   int64_t best_i = -1;
@@ -244,6 +237,24 @@ DEEPEM_HD T roi_pool3d_bin(const T* plane, const int64_t* size, const T* roi, T 
     }
   *argmax = best_i;
   return best;
+}
+
+// One output element of roi_pool3d: bin (pz, py, px) of one channel `plane` — the per-thread
+// work of the CUDA forward kernel. A non-finite roi gives NaN and argmax -1.
+template <typename T>
+DEEPEM_HD T roi_pool3d_bin(const T* plane, const int64_t* size, const T* roi, T spatial_scale,
+                           const int64_t* pooled, int64_t pz, int64_t py, int64_t px,
+                           int64_t* argmax) {
+  if (!roi_coords_finite(roi)) {
+    *argmax = -1;
+    return T(NAN);
+  }
+  const int64_t p[3] = {pz, py, px};
+  int64_t b[3], e[3];
+  for (int a = 0; a < 3; ++a)
+    roi_pool_bin_range(roi[1 + a], roi[4 + a], spatial_scale, pooled[a], p[a], size[a], &b[a],
+                       &e[a]);
+  return roi_pool3d_region_max(plane, size, b, e, argmax);
 }
 
 // ---------------------------------------------------------------- launch grid

@@ -275,17 +275,34 @@ std::tuple<at::Tensor, at::Tensor> roi_pool3d_cpu_kernel(const at::Tensor& input
     int64_t* am = argmax.data_ptr<int64_t>();
     const scalar_t scale = static_cast<scalar_t>(spatial_scale);
     at::parallel_for(0, K, 1, [&](int64_t begin, int64_t end) {
+      // The bins' voxel ranges of a roi, per axis, shared by its channels.
+      std::vector<int64_t> range[3];
       for (int64_t k = begin; k < end; ++k) {
         const scalar_t* roi = r + 7 * k;
+        scalar_t* ok = o + k * C * bins(s);
+        int64_t* ak = am + k * C * bins(s);
+        if (!roi_coords_finite(roi)) {
+          std::fill(ok, ok + C * bins(s), scalar_t(NAN));
+          std::fill(ak, ak + C * bins(s), int64_t(-1));
+          continue;
+        }
+        for (int a = 0; a < 3; ++a) {
+          range[a].resize(2 * s.pooled[a]);
+          for (int64_t p = 0; p < s.pooled[a]; ++p)
+            roi_pool_bin_range(roi[1 + a], roi[4 + a], scale, s.pooled[a], p, s.size[a],
+                               &range[a][2 * p], &range[a][2 * p + 1]);
+        }
         for (int64_t c = 0; c < C; ++c) {
-          const int64_t base = (k * C + c) * bins(s);
           const scalar_t* plane = x + roi3d_plane_offset(roi, s, c);
-          int64_t i = 0;
+          int64_t i = c * bins(s);
           for (int64_t pz = 0; pz < s.pooled[0]; ++pz)
             for (int64_t py = 0; py < s.pooled[1]; ++py)
-              for (int64_t px = 0; px < s.pooled[2]; ++px, ++i)
-                o[base + i] = roi_pool3d_bin(plane, s.size, roi, scale, s.pooled, pz, py, px,
-                                             am + base + i);
+              for (int64_t px = 0; px < s.pooled[2]; ++px, ++i) {
+                const int64_t b[3] = {range[0][2 * pz], range[1][2 * py], range[2][2 * px]};
+                const int64_t e[3] = {range[0][2 * pz + 1], range[1][2 * py + 1],
+                                      range[2][2 * px + 1]};
+                ok[i] = roi_pool3d_region_max(plane, s.size, b, e, ak + i);
+              }
         }
       }
     });
