@@ -333,3 +333,21 @@ def test_cuda_gradcheck_half_and_opcheck():
         xcpu = xh.clone().requires_grad_()
         roi_align3d(xcpu, rois, 2).float().sum().backward()
         torch.testing.assert_close(xg.grad.cpu(), xcpu.grad)
+
+
+def test_deterministic_mode(device):
+    # CPU backward passes are deterministic; the CUDA ones (atomics) say they are not.
+    x, rois = make_case(62, size=(4, 4, 4), num=3)
+    x, rois = x.to(device).requires_grad_(), rois.to(device)
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        for fn in (lambda: roi_align3d(x, rois, 2), lambda: roi_pool3d(x, rois, 2)):
+            out = fn()
+            if device.type == "cpu":
+                out.sum().backward()
+            else:
+                with pytest.raises(RuntimeError, match="_roi_(align|pool)3d_backward"):
+                    out.sum().backward()
+    finally:
+        torch.use_deterministic_algorithms(before)
