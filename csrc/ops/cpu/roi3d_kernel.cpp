@@ -92,58 +92,59 @@ struct RoiTables {
   }
 };
 
-// One channel of one roi: out[pd, ph, pw] = (Az x Ay x Ax) plane / count.
-// xbuf: [nz, ny, pw], ybuf: [nz, ph, pw] scratch, zeroed once per roi: the rows of unused
-// voxels stay 0 (they meet only zero weights), the others are overwritten per channel.
+// All channels of one roi at once: out[c, pd, ph, pw] = (Az x Ay x Ax) scan[., ., ., c] / count
+// on a channels-last scan [D, H, W, C], so that the innermost loops run over contiguous
+// channels (vectorized). Scratch: xbuf [nz, ny, pw, C], ybuf [nz, ph, pw, C], zbuf [ph, pw, C],
+// zeroed once per roi: rows of voxels without weight stay 0 and meet only zero weights.
 template <typename T>
-void align_forward_plane(const T* plane, const Roi3dShape& s, const RoiTables<T>& t, T* out,
-                         T* xbuf, T* ybuf) {
+void align_forward_roi(const T* scan, const Roi3dShape& s, const RoiTables<T>& t, T* out,
+                       T* xbuf, T* ybuf, T* zbuf) {
   const AxisTable<T>&az = t.axis[0], &ay = t.axis[1], &ax = t.axis[2];
-  const int64_t H = s.size[1], W = s.size[2];
+  const int64_t C = s.channels, H = s.size[1], W = s.size[2];
   const int64_t Pd = s.pooled[0], Ph = s.pooled[1], Pw = s.pooled[2];
   const int64_t nz = az.extent(), ny = ay.extent();
   for (int64_t z = 0; z < nz; ++z) {
     if (!az.used[z]) continue;
     for (int64_t y = 0; y < ny; ++y) {
       if (!ay.used[y]) continue;
-      const T* row = plane + ((az.lo + z) * H + ay.lo + y) * W;
-      T* dst = xbuf + (z * ny + y) * Pw;
-      for (int64_t px = 0; px < Pw; ++px) {
-        const T* wx = ax.w.data() + ax.offset[px];
-        const T* r = row + ax.first[px];
-        T acc = T(0);
-        for (int64_t j = 0; j < ax.count[px]; ++j) acc += wx[j] * r[j];
-        dst[px] = acc;
+      const T* row = scan + ((az.lo + z) * H + ay.lo + y) * W * C;
+      T* dst = xbuf + (z * ny + y) * Pw * C;
+      for (int64_t px = 0; px < Pw; ++px, dst += C) {
+        for (int64_t j = 0; j < ax.count[px]; ++j) {
+          const T w = ax.w[ax.offset[px] + j];
+          const T* src = row + (ax.first[px] + j) * C;
+          for (int64_t c = 0; c < C; ++c) dst[c] += w * src[c];
+        }
       }
     }
   }
+  const int64_t line = Pw * C, slab = Ph * Pw * C;
   for (int64_t z = 0; z < nz; ++z) {
     if (!az.used[z]) continue;
     for (int64_t py = 0; py < Ph; ++py) {
-      T* dst = ybuf + (z * Ph + py) * Pw;
-      std::fill(dst, dst + Pw, T(0));
+      T* dst = ybuf + (z * Ph + py) * line;
       for (int64_t j = 0; j < ay.count[py]; ++j) {
-        const T wy = ay.w[ay.offset[py] + j];
-        const T* src = xbuf + (z * ny + ay.first[py] + j - ay.lo) * Pw;
-        for (int64_t px = 0; px < Pw; ++px) dst[px] += wy * src[px];
+        const T w = ay.w[ay.offset[py] + j];
+        const T* src = xbuf + (z * ny + ay.first[py] + j - ay.lo) * line;
+        for (int64_t i = 0; i < line; ++i) dst[i] += w * src[i];
       }
     }
   }
-  const int64_t slab = Ph * Pw;
+  const int64_t bins = Pd * Ph * Pw;
   const T inv = T(1) / t.count;
   for (int64_t pz = 0; pz < Pd; ++pz) {
-    T* dst = out + pz * slab;
-    std::fill(dst, dst + slab, T(0));
+    std::fill(zbuf, zbuf + slab, T(0));
     for (int64_t j = 0; j < az.count[pz]; ++j) {
-      const T wz = az.w[az.offset[pz] + j];
+      const T w = az.w[az.offset[pz] + j];
       const T* src = ybuf + (az.first[pz] + j - az.lo) * slab;
-      for (int64_t i = 0; i < slab; ++i) dst[i] += wz * src[i];
+      for (int64_t i = 0; i < slab; ++i) zbuf[i] += w * src[i];
     }
-    for (int64_t i = 0; i < slab; ++i) dst[i] *= inv;
+    for (int64_t b = 0; b < Ph * Pw; ++b)
+      for (int64_t c = 0; c < C; ++c) out[c * bins + pz * Ph * Pw + b] = zbuf[b * C + c] * inv;
   }
 }
 
-// The transpose of align_forward_plane: grad_plane += (Az x Ay x Ax)^T grad / count.
+// The transpose of align_forward_roi for one channel plane [D, H, W]: grad_plane += (Az x Ay x Ax)^T grad / count.
 template <typename T>
 void align_backward_plane(const T* grad, const Roi3dShape& s, const RoiTables<T>& t,
                           T* grad_plane, std::vector<T>& xbuf, std::vector<T>& ybuf) {
@@ -200,15 +201,17 @@ at::Tensor roi_align3d_cpu_kernel(const at::Tensor& input, const at::Tensor& roi
   const int64_t K = rois.size(0), C = s.channels;
   at::Tensor out = at::empty({K, C, s.pooled[0], s.pooled[1], s.pooled[2]}, input.options());
   if (out.numel() == 0) return out;
+  // Channels last (free when the caller's input already is).
+  const at::Tensor scans = input.permute({0, 2, 3, 4, 1}).contiguous();
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "roi_align3d_cpu", [&] {
-    const scalar_t* x = input.data_ptr<scalar_t>();
+    const scalar_t* x = scans.data_ptr<scalar_t>();
     const scalar_t* r = rois.data_ptr<scalar_t>();
     scalar_t* o = out.data_ptr<scalar_t>();
     const int64_t per_roi = C * bins(s);
     // Rois in parallel: each writes its own output block.
     at::parallel_for(0, K, 1, [&](int64_t begin, int64_t end) {
       RoiTables<scalar_t> t;
-      std::vector<scalar_t> xbuf, ybuf;
+      std::vector<scalar_t> xbuf, ybuf, zbuf(s.pooled[1] * s.pooled[2] * C);
       for (int64_t k = begin; k < end; ++k) {
         scalar_t* ok = o + k * per_roi;
         t.build(r + 7 * k, s, static_cast<scalar_t>(spatial_scale), sampling_ratio, aligned);
@@ -216,11 +219,11 @@ at::Tensor roi_align3d_cpu_kernel(const at::Tensor& input, const at::Tensor& roi
           std::fill(ok, ok + per_roi, t.finite ? scalar_t(0) : scalar_t(NAN));
           continue;
         }
-        xbuf.assign(t.axis[0].extent() * t.axis[1].extent() * s.pooled[2], scalar_t(0));
-        ybuf.assign(t.axis[0].extent() * s.pooled[1] * s.pooled[2], scalar_t(0));
-        for (int64_t c = 0; c < C; ++c)
-          align_forward_plane(x + (t.batch * C + c) * voxels(s), s, t, ok + c * bins(s),
-                              xbuf.data(), ybuf.data());
+        const int64_t nz = t.axis[0].extent(), ny = t.axis[1].extent();
+        xbuf.assign(nz * ny * s.pooled[2] * C, scalar_t(0));
+        ybuf.assign(nz * s.pooled[1] * s.pooled[2] * C, scalar_t(0));
+        align_forward_roi(x + t.batch * voxels(s) * C, s, t, ok, xbuf.data(), ybuf.data(),
+                          zbuf.data());
       }
     });
   });
