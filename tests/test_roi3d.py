@@ -44,6 +44,33 @@ def test_align_matches_grid_sample_reference(seed, out, scale, sr, aligned, size
     torch.testing.assert_close(got.double(), ref, **TOL[dtype])
 
 
+def random_config(seed):
+    gen = torch.Generator().manual_seed(1000 + seed)
+    ri = lambda lo, hi: int(torch.randint(lo, hi + 1, (1,), generator=gen))  # noqa: E731
+    size = (ri(1, 9), ri(1, 9), ri(1, 9))
+    out = (ri(1, 4), ri(1, 4), ri(1, 4))
+    scale = [1.0, 0.5, 0.25, 2.0][ri(0, 3)]
+    return size, out, scale, ri(-1, 3), bool(ri(0, 1)), ri(1, 3), ri(1, 3), ri(0, 12)
+
+
+@pytest.mark.parametrize("seed", range(25))
+def test_align_and_pool_random_configs(seed):
+    size, out, scale, sr, aligned, batch, channels, num = random_config(seed)
+    x, rois = make_case(seed, size=size, scale=scale, batch=batch, channels=channels, num=num)
+    xd, xr = x.clone().requires_grad_(), x.clone().requires_grad_()
+    got = roi_align3d(xd, rois, out, scale, sr, aligned)
+    ref = roi_align3d_grid_sample(xr, rois, out, scale, sr, aligned)
+    torch.testing.assert_close(got, ref, **TOL[torch.float64])
+    g = torch.randn(got.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    got.backward(g)
+    if rois.shape[0]:
+        ref.backward(g)
+        torch.testing.assert_close(xd.grad, xr.grad, **TOL[torch.float64])
+    got, arg = roi_pool3d_with_argmax(x, rois, out, scale)
+    ref, ref_arg = roi_pool3d_reference(x, rois, out, scale)
+    assert torch.equal(got, ref) and torch.equal(arg, ref_arg)
+
+
 @pytest.mark.parametrize("aligned", [False, True])
 @pytest.mark.parametrize("sr", [-1, 2])
 def test_grid_sample_reference_matches_loops(aligned, sr):
