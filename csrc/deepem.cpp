@@ -25,10 +25,12 @@ constexpr const char* kSchemas[] = {
     "-> (Tensor, Tensor)",
     "_roi_pool3d_backward(Tensor grad_output, Tensor rois, Tensor argmax, SymInt[5] input_shape) "
     "-> Tensor",
-    // The CUDA roi_align3d kernels' per-thread functions run over their grids on the CPU:
-    // (output, grad_input for grad_output).
+    // The CUDA roi kernels' per-thread functions run over their grids on the CPU:
+    // (output, grad_input for grad_output) and (output, argmax).
     "_roi_align3d_emulated(Tensor input, Tensor rois, int[3] output_size, float spatial_scale, "
     "int sampling_ratio, bool aligned, Tensor grad_output) -> (Tensor, Tensor)",
+    "_roi_pool3d_emulated(Tensor input, Tensor rois, int[3] output_size, float spatial_scale) "
+    "-> (Tensor, Tensor)",
 };
 
 }  // namespace

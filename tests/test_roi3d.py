@@ -118,6 +118,9 @@ def test_pool_matches_reference(seed, dtype):
     ref, ref_arg = roi_pool3d_reference(x, rois, out, scale)
     torch.testing.assert_close(got, ref.to(dtype), rtol=0, atol=0)
     torch.testing.assert_close(arg, ref_arg, rtol=0, atol=0)
+    # The CUDA forward kernel's per-thread function over its launch grid.
+    emu, emu_arg = OPS._roi_pool3d_emulated(x, rois, list(out), scale)
+    assert torch.equal(emu, got) and torch.equal(emu_arg, arg)
 
 
 def test_pool_ties_and_nan_voxels():
@@ -172,6 +175,7 @@ def test_opcheck():
     _, arg = OPS.roi_pool3d(xd, rois, [2, 2, 2], 1.0)
     torch.library.opcheck(OPS._roi_pool3d_backward, (g, rois, arg, list(x.shape)))
     torch.library.opcheck(OPS._roi_align3d_emulated, (xd, rois, [2, 2, 2], 1.0, -1, True, g))
+    torch.library.opcheck(OPS._roi_pool3d_emulated, (xd, rois, [2, 2, 2], 1.0))
 
 
 def test_torch_compile_forward_and_backward():

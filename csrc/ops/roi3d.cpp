@@ -164,6 +164,7 @@ TORCH_LIBRARY_IMPL(deepem, CPU, m) {
   m.impl("roi_pool3d", &roi_pool3d_cpu);
   m.impl("_roi_pool3d_backward", &roi_pool3d_backward_cpu);
   m.impl("_roi_align3d_emulated", &roi_align3d_emulated);
+  m.impl("_roi_pool3d_emulated", &roi_pool3d_emulated);
 }
 
 }  // namespace deepem

@@ -43,5 +43,10 @@ at::Tensor roi_pool3d_backward_cpu_kernel(const at::Tensor& grad_output, const a
 std::tuple<at::Tensor, at::Tensor> roi_align3d_emulated(
     const at::Tensor& input, const at::Tensor& rois, at::IntArrayRef output_size,
     double spatial_scale, int64_t sampling_ratio, bool aligned, const at::Tensor& grad_output);
+// The same for the roi_pool3d forward kernel: (output, argmax).
+std::tuple<at::Tensor, at::Tensor> roi_pool3d_emulated(const at::Tensor& input,
+                                                       const at::Tensor& rois,
+                                                       at::IntArrayRef output_size,
+                                                       double spatial_scale);
 
 }  // namespace deepem

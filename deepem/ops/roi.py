@@ -129,6 +129,11 @@ def _roi_align3d_emulated_fake(input, rois, output_size, spatial_scale, sampling
     return input.new_empty(_check_forward(input, rois, output_size)), input.new_empty(input.shape)
 
 
+@torch.library.register_fake("deepem::_roi_pool3d_emulated")
+def _roi_pool3d_emulated_fake(input, rois, output_size, spatial_scale):
+    return _roi_pool3d_fake(input, rois, output_size, spatial_scale)
+
+
 # ----------------------------------------------------------------- autograd
 
 
