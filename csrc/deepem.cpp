@@ -6,7 +6,8 @@
 
 namespace {
 
-// Ops whose name starts with '_' are internal (test entries) and have no CUDA kernel.
+// Ops whose name starts with '_' are internal (test entries and backward passes); only the
+// backward passes have CUDA kernels, and they are reached through their forward op.
 constexpr const char* kSchemas[] = {
     "box_iou3d(Tensor boxes1, Tensor boxes2) -> Tensor",
     "nms3d(Tensor boxes, Tensor scores, float iou_threshold) -> Tensor",
@@ -44,6 +45,21 @@ constexpr const char* kSchemas[] = {
     "int[] feature_size, float[] stride, float[] offset, float[] anchor_shapes, float pos_threshold, "
     "float neg_threshold, int num_neg, int seed, bool cube_targets, float[]? weights) "
     "-> (Tensor, Tensor, Tensor, Tensor, Tensor)",
+    // 3D RoI align / RoI pooling; rois [K, 7] = (batch_index, z1, y1, x1, z2, y2, x2).
+    "roi_align3d(Tensor input, Tensor rois, int[3] output_size, float spatial_scale, "
+    "int sampling_ratio, bool aligned) -> Tensor",
+    "_roi_align3d_backward(Tensor grad_output, Tensor rois, SymInt[5] input_shape, "
+    "float spatial_scale, int sampling_ratio, bool aligned) -> Tensor",
+    "roi_pool3d(Tensor input, Tensor rois, int[3] output_size, float spatial_scale) "
+    "-> (Tensor, Tensor)",
+    "_roi_pool3d_backward(Tensor grad_output, Tensor rois, Tensor argmax, SymInt[5] input_shape) "
+    "-> Tensor",
+    // The CUDA roi kernels' per-thread functions run over their grids on the CPU:
+    // (output, grad_input for grad_output) and (output, argmax).
+    "_roi_align3d_emulated(Tensor input, Tensor rois, int[3] output_size, float spatial_scale, "
+    "int sampling_ratio, bool aligned, Tensor grad_output) -> (Tensor, Tensor)",
+    "_roi_pool3d_emulated(Tensor input, Tensor rois, int[3] output_size, float spatial_scale) "
+    "-> (Tensor, Tensor)",
 };
 
 }  // namespace
