@@ -11,6 +11,7 @@
 
 #include "box3d.h"
 #include "macros.h"
+#include "random.h"
 
 namespace deepem {
 
@@ -141,13 +142,6 @@ DEEPEM_HD void decode_box(const T* delta, const T* anchor, const T* w, T log_cla
 // A random choice is "the smallest key": key = (hash << 32) | k, with hash a bijection of the
 // anchor index k under a per-stream seed. Keys are unique, so every executor (CPU loop, CUDA
 // atomicMin, top-k) picks the same anchors; the choice among candidates is uniform.
-
-DEEPEM_HD uint64_t splitmix64(uint64_t z) {
-  z += 0x9e3779b97f4a7c15ULL;
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-  return z ^ (z >> 31);
-}
 
 DEEPEM_HD uint32_t hash32(uint32_t x) {  // "lowbias32": an invertible 32-bit mixer
   x ^= x >> 16;

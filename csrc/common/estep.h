@@ -18,6 +18,7 @@
 #include <cstring>
 
 #include "macros.h"
+#include "random.h"
 
 namespace deepem {
 
@@ -244,30 +245,18 @@ DEEPEM_HD double em_portable_log(double x) {
   return em_add(em_mul(de, kLn2Hi), em_add(em_mul(de, kLn2Lo), em_mul(em_mul(2.0, s), poly)));
 }
 
-// splitmix64's finaliser: a bijection of 64-bit words with full avalanche.
-DEEPEM_HD uint64_t em_mix64(uint64_t x) {
-  x ^= x >> 30;
-  x *= 0xbf58476d1ce4e5b9ULL;
-  x ^= x >> 27;
-  x *= 0x94d049bb133111ebULL;
-  x ^= x >> 31;
-  return x;
-}
-
 // The random words of label (b, m): a stateless hash of the counter (seed, offset, b, m, p),
 // so any thread computes any draw and padding sizes never shift the stream. The label's
 // prefix is hashed once; each proposal adds one more mixing round.
-constexpr uint64_t kEmGolden = 0x9e3779b97f4a7c15ULL;
-
 DEEPEM_HD uint64_t em_label_stream(uint64_t seed, uint64_t offset, int64_t b, int64_t m) {
-  uint64_t h = em_mix64(seed + kEmGolden);
-  h = em_mix64(h + 2 * kEmGolden + offset);
-  h = em_mix64(h + 3 * kEmGolden + static_cast<uint64_t>(b));
-  return em_mix64(h + 4 * kEmGolden + static_cast<uint64_t>(m));
+  uint64_t h = mix64(seed + kGolden);
+  h = mix64(h + 2 * kGolden + offset);
+  h = mix64(h + 3 * kGolden + static_cast<uint64_t>(b));
+  return mix64(h + 4 * kGolden + static_cast<uint64_t>(m));
 }
 
 DEEPEM_HD uint64_t em_random_word(uint64_t label_stream, int64_t p) {
-  return em_mix64(label_stream + 5 * kEmGolden + static_cast<uint64_t>(p));
+  return mix64(label_stream + 5 * kGolden + static_cast<uint64_t>(p));
 }
 
 // Uniform in (0, 1) from the top 52 bits: (2j + 1) / 2^53, exact in double, never 0 or 1.
