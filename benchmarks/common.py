@@ -1,4 +1,10 @@
-"""Timing and reporting shared by the bench_*.py scripts."""
+"""Timing and reporting shared by the bench_*.py scripts (the one implementation of each).
+
+A script imports these after putting this directory on sys.path:
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from common import fmt_ms, machine, print_table, timeit, with_threads, write_json
+"""
 import json
 import os
 import platform
@@ -8,24 +14,34 @@ import time
 import torch
 
 
-def timeit(fn, min_runs=3, min_seconds=0.3, max_runs=50, cuda=False):
-    """Median wall time of fn() in seconds, after one warm-up call."""
-    fn()
-    if cuda:
-        torch.cuda.synchronize()
-    times = []
-    start = time.perf_counter()
-    while len(times) < max_runs and (len(times) < min_runs or time.perf_counter() - start < min_seconds):
+def timeit(fn, min_runs=3, max_runs=50, budget=0.3, cuda=False, first_is_enough=False):
+    """Median wall time of fn() in seconds.
+
+    One warm-up call, then timed calls until max_runs were made, or until at least min_runs
+    were made and `budget` seconds have passed since the first timed call (min_runs ==
+    max_runs gives exactly that many). With first_is_enough, a warm-up call that alone took
+    over budget / 2 is returned as the measurement, so big cases run once. cuda: synchronize
+    after every call, so the time includes the kernels.
+    """
+    def run():
         t0 = time.perf_counter()
         fn()
         if cuda:
             torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
+        return time.perf_counter() - t0
+
+    first = run()
+    if first_is_enough and first > budget / 2:
+        return first
+    times = []
+    start = time.perf_counter()
+    while len(times) < max_runs and (len(times) < min_runs or time.perf_counter() - start < budget):
+        times.append(run())
     return statistics.median(times)
 
 
 def with_threads(n, fn):
-    """Runs fn with torch limited to n intra-op threads."""
+    """fn() with torch limited to n intra-op threads (restored afterwards)."""
     before = torch.get_num_threads()
     torch.set_num_threads(n)
     try:
@@ -35,6 +51,8 @@ def with_threads(n, fn):
 
 
 def machine():
+    """CPU model, cores, torch version, GPU name (when CUDA is available) and the 1-minute
+    load average at the time of the call (high means other jobs shared the machine)."""
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
@@ -47,25 +65,44 @@ def machine():
     info = {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__}
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
+    try:
+        info["load_average_1min"] = os.getloadavg()[0]
+    except (AttributeError, OSError):  # not on this platform
+        info["load_average_1min"] = None
     return info
 
 
-def fmt_ms(seconds):
-    return "-" if seconds is None else "%.3f" % (seconds * 1e3)
+def fmt_ms(seconds, digits=3):
+    """Seconds as milliseconds with `digits` decimals; None as '-'."""
+    return "-" if seconds is None else "%.*f" % (digits, seconds * 1e3)
 
 
-def print_table(headers, rows):
+def print_table(headers, rows, left=()):
+    """Columns right-aligned to their widest cell, except the column indices in `left`."""
     widths = [max(len(str(h)), *(len(str(r[i])) for r in rows)) for i, h in enumerate(headers)]
-    line = "  ".join(str(h).rjust(w) for h, w in zip(headers, widths))
+
+    def fmt(cells):
+        return "  ".join(str(c).ljust(w) if i in left else str(c).rjust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths)))
+
+    line = fmt(headers)
     print(line)
     print("-" * len(line))
     for r in rows:
-        print("  ".join(str(c).rjust(w) for c, w in zip(r, widths)))
+        print(fmt(r))
 
 
 def write_json(path, payload):
-    """Atomic write: a reader never sees half a file."""
+    """Atomic write (PATH.tmp, then renamed over PATH): a reader never sees
+    half a file. Creates the directory when missing."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=2)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            json.dump(payload, f, indent=2)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
