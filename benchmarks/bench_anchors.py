@@ -7,18 +7,17 @@ Batch: 32 crops of 96^3 (24^3 cells x 3 anchors = 41,472 anchors per crop), 1-5 
     python benchmarks/bench_anchors.py [--crops 32] [--repeats 7] [--json PATH]
 """
 import argparse
-import json
 import os
-import platform
 import random
-import statistics
 import sys
-import time
 
 import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import fmt_ms, machine, print_table, timeit, with_threads, write_json  # noqa: E402
+
 from deepem.ops import anchor_grid, label_anchors3d  # noqa: E402
 from deepem.ops.boxes import cubes_to_boxes  # noqa: E402
 
@@ -105,20 +104,6 @@ def make_batch(crops, seed=0):
     return cubes
 
 
-def timed(fn, repeats, sync=None):
-    fn()  # warm up
-    times = []
-    for _ in range(repeats):
-        if sync:
-            sync()
-        t = time.perf_counter()
-        fn()
-        if sync:
-            sync()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
-
-
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--crops", type=int, default=32)
@@ -138,35 +123,31 @@ def main():
         gt, n = cubes_to_boxes(padded.to(device)), counts.to(device)
         return lambda: label_anchors3d(gt, grid, num_gt=n, num_neg=NUM_NEG, seed=1)
 
+    runs = dict(min_runs=args.repeats, max_runs=args.repeats, budget=0)  # median of exactly --repeats
+
     rows = []
     random.seed(0)
-    base = timed(lambda: [deeplung_label(c) for c in cubes], args.repeats)
+    base = timeit(lambda: [deeplung_label(c) for c in cubes], **runs)
     rows.append(("numpy per crop (DeepLung style)", base))
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    rows.append(("deepem CPU, 1 thread", timed(deepem("cpu"), args.repeats)))
-    torch.set_num_threads(threads)
-    rows.append(("deepem CPU, %d threads" % threads, timed(deepem("cpu"), args.repeats)))
+    rows.append(("deepem CPU, 1 thread", with_threads(1, lambda: timeit(deepem("cpu"), **runs))))
+    rows.append(("deepem CPU, %d threads" % threads, timeit(deepem("cpu"), **runs)))
     if torch.cuda.is_available():
         rows.append(("deepem CUDA (%s)" % torch.cuda.get_device_name(),
-                     timed(deepem("cuda"), args.repeats, torch.cuda.synchronize)))
+                     timeit(deepem("cuda"), cuda=True, **runs)))
 
     anchors = grid.num_anchors
     print("label_anchors3d: %d crops of %d^3, %d anchors each, %d nodules, %d negatives/crop"
           % (args.crops, CROP, anchors, int(counts.sum()), NUM_NEG))
-    print("%-40s %12s %14s" % ("implementation", "ms / batch", "vs numpy"))
-    for name, t in rows:
-        print("%-40s %12.2f %13.1fx" % (name, t * 1e3, base / t))
+    print_table(["implementation", "ms / batch", "vs numpy"],
+                [(name, fmt_ms(t, 2), "%.1fx" % (base / t)) for name, t in rows], left=(0,))
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump({"benchmark": "label_anchors3d", "crops": args.crops, "crop_size": CROP,
-                       "anchors_per_crop": anchors, "nodules": int(counts.sum()),
-                       "num_neg": NUM_NEG, "repeats": args.repeats, "torch": torch.__version__,
-                       "machine": platform.processor() or platform.machine(),
-                       "cpu_threads": threads,
-                       "results": [{"name": n, "seconds": t, "speedup_vs_numpy": base / t}
-                                   for n, t in rows]}, f, indent=2)
+        write_json(args.json, {"benchmark": "label_anchors3d", "crops": args.crops, "crop_size": CROP,
+                               "anchors_per_crop": anchors, "nodules": int(counts.sum()),
+                               "num_neg": NUM_NEG, "repeats": args.repeats, "machine": machine(),
+                               "cpu_threads": threads,
+                               "results": [{"name": n, "seconds": t, "speedup_vs_numpy": base / t}
+                                           for n, t in rows]})
 
 
 if __name__ == "__main__":

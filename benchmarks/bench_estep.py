@@ -14,16 +14,16 @@ em_map and em_sample read it again, while the loop only touches each label's adm
 proposals. Neither side includes the lobe model or NMS (the public code ran both per label).
 """
 import argparse
-import json
 import os
-import platform
 import sys
-import time
 
 import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # a checkout
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import fmt_ms, machine, print_table, timeit, with_threads, write_json  # noqa: E402
+
 from deepem.ops import em_map, em_posterior, em_sample  # noqa: E402
 from deepem.ops.estep import DEFAULT_MU, DEFAULT_SIGMA, DEFAULT_Z_WINDOW  # noqa: E402
 
@@ -102,20 +102,6 @@ def deepem_estep(t):
     return lp, em_map(lp), em_sample(lp, K, seed=0, offset=0)
 
 
-def best_time(fn, repeats, sync=None):
-    fn()  # warm-up
-    if sync:
-        sync()
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        if sync:
-            sync()
-        best = min(best, time.perf_counter() - t0)
-    return best
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", help="write the results to this path")
@@ -125,50 +111,55 @@ def main(argv=None):
     args = ap.parse_args(argv)
 
     threads_all = torch.get_num_threads()
-    results = {"machine": platform.processor() or platform.machine(), "cpu_threads": threads_all,
-               "load_average_1min": os.getloadavg()[0], "torch": torch.__version__,
-               "draws_per_label": K, "target": "deepem CPU >= 100x the numpy loop", "cases": []}
-    if torch.cuda.is_available():
-        results["gpu"] = torch.cuda.get_device_name()
-    print(f"E-step (posterior + MAP + {K} draws per label); best of {args.repeats}; "
-          f"CPU threads: {threads_all}; load average {os.getloadavg()[0]:.1f}", file=sys.stderr)
-    header = f"{'case':<8}{'B x P x M':>18}  {'implementation':<34}{'time (ms)':>12}{'vs numpy':>10}"
-    print(header)
-    print("-" * len(header))
+    info = machine()
+    results = {"machine": info, "cpu_threads": threads_all, "draws_per_label": K,
+               "repeats": args.repeats, "target": "deepem CPU >= 100x the numpy loop", "cases": []}
+    print(f"E-step (posterior + MAP + {K} draws per label); median of {args.repeats}; "
+          f"CPU threads: {threads_all}; load average {info['load_average_1min'] or 0:.1f}", file=sys.stderr)
+
+    def runs(n):  # median of exactly n runs after a warm-up
+        return dict(min_runs=n, max_runs=n, budget=0)
+
+    table, parts_lines = [], []
     for name, B, P, M in CASES:
         case = make_case(B, P, M)
         labels = int(case["num_weak"].sum())
         scans = min(B, args.baseline_scans)
-        t = best_time(lambda: numpy_loop(case, scans), 1 if scans > 50 else args.repeats)
+        t = timeit(lambda: numpy_loop(case, scans), **runs(1 if scans > 50 else args.repeats))
         base = t * B / scans
         rows = [(f"numpy loop (public code){'' if scans == B else f', {scans} scans x {B / scans:g}'}", base)]
         tc = to_torch(case, "cpu")
-        torch.set_num_threads(1)
-        rows.append(("deepem CPU, 1 thread", best_time(lambda: deepem_estep(tc), args.repeats)))
-        lp = deepem_estep(tc)[0]
-        parts = {"em_posterior": best_time(lambda: em_posterior(**tc), args.repeats),
-                 "em_map": best_time(lambda: em_map(lp), args.repeats),
-                 "em_sample": best_time(lambda: em_sample(lp, K), args.repeats)}
-        torch.set_num_threads(threads_all)
+
+        def one_thread():
+            total = timeit(lambda: deepem_estep(tc), **runs(args.repeats))
+            lp = deepem_estep(tc)[0]
+            return total, {"em_posterior": timeit(lambda: em_posterior(**tc), **runs(args.repeats)),
+                           "em_map": timeit(lambda: em_map(lp), **runs(args.repeats)),
+                           "em_sample": timeit(lambda: em_sample(lp, K), **runs(args.repeats))}
+
+        total, parts = with_threads(1, one_thread)
+        rows.append(("deepem CPU, 1 thread", total))
         if threads_all > 1:
             rows.append((f"deepem CPU, {threads_all} threads",
-                         best_time(lambda: deepem_estep(tc), args.repeats)))
+                         timeit(lambda: deepem_estep(tc), **runs(args.repeats))))
         if torch.cuda.is_available():
             tg = to_torch(case, "cuda")
-            rows.append(("deepem CUDA", best_time(lambda: deepem_estep(tg), args.repeats,
-                                                  torch.cuda.synchronize)))
+            rows.append(("deepem CUDA", timeit(lambda: deepem_estep(tg), cuda=True, **runs(args.repeats))))
         entry = {"case": name, "B": B, "P": P, "M": M, "weak_labels": labels,
                  "baseline_scans_timed": scans, "timings_s": {}, "cpu_1_thread_parts_s": parts}
         for impl, sec in rows:
-            print(f"{name:<8}{f'{B} x {P} x {M}':>18}  {impl:<34}{sec * 1e3:>12.2f}{base / sec:>9.1f}x")
+            table.append([name, f"{B} x {P} x {M}", impl, fmt_ms(sec, 2), "%.1fx" % (base / sec)])
             entry["timings_s"][impl] = sec
         entry["speedup_vs_numpy"] = {impl: base / sec for impl, sec in rows}
-        print(f"{'':<8}{'':>18}  (CPU 1 thread: " + ", ".join(
-            f"{k} {v * 1e3:.1f} ms" for k, v in parts.items()) + ")")
+        parts_lines.append(f"{name}, CPU 1 thread: " + ", ".join(
+            f"{k} {fmt_ms(v, 1)} ms" for k, v in parts.items()))
         results["cases"].append(entry)
+        print(f"done {name}", file=sys.stderr)
+    print_table(["case", "B x P x M", "implementation", "time (ms)", "vs numpy"], table, left=(0, 2))
+    for line in parts_lines:
+        print(line)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
+        write_json(args.json, results)
         print(f"wrote {args.json}", file=sys.stderr)
 
 

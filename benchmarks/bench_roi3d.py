@@ -11,17 +11,17 @@ deepem is timed at every K. roi_pool3d is timed alongside (no baseline).
     python benchmarks/bench_roi3d.py [--quick] [--rois 128,512,2048] [--json out.json]
 """
 import argparse
-import json
 import os
-import platform
-import statistics
-import time
+import sys
 
 import torch
 import torch.nn.functional as F
 
-from deepem.ops import roi_align3d
-from deepem.ops.roi import roi_pool3d_with_argmax
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import fmt_ms, machine, print_table, timeit, with_threads, write_json  # noqa: E402
+
+from deepem.ops import roi_align3d  # noqa: E402
+from deepem.ops.roi import roi_pool3d_with_argmax  # noqa: E402
 
 OPS = torch.ops.deepem
 OUT = (7, 7, 7)
@@ -30,33 +30,8 @@ SAMPLING = 2
 MAPS = [("C128 24^3 x4", 4, 128, 24), ("C64 48^3 x2", 2, 64, 48)]
 
 
-def timeit(fn, budget=1.0, max_runs=5, cuda=False):
-    """Median wall time of fn() in seconds. The first call is a warm-up unless it alone took
-    over half the budget (then it is the measurement: big cases run once)."""
-    def run():
-        t0 = time.perf_counter()
-        fn()
-        if cuda:
-            torch.cuda.synchronize()
-        return time.perf_counter() - t0
-
-    first = run()
-    if first > budget / 2:
-        return first
-    times = []
-    start = time.perf_counter()
-    while len(times) < max_runs and (not times or time.perf_counter() - start < budget):
-        times.append(run())
-    return statistics.median(times)
-
-
-def with_threads(n, fn):
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        return fn()
-    finally:
-        torch.set_num_threads(before)
+# Median of up to 5 runs within 1 s after a warm-up; a first call over 0.5 s is the measurement.
+TIMING = dict(min_runs=1, max_runs=5, budget=1.0, first_is_enough=True)
 
 
 def random_rois(gen, k, batch, size):
@@ -121,10 +96,10 @@ def bench_deepem(x, rois, device, threads):
     res = {}
     for name, fn in fns:
         if cuda:
-            res[name] = timeit(fn, cuda=True)
+            res[name] = timeit(fn, cuda=True, **TIMING)
         else:
             for n in threads:
-                res["%s_%dt" % (name, n)] = with_threads(n, lambda: timeit(fn))
+                res["%s_%dt" % (name, n)] = with_threads(n, lambda: timeit(fn, **TIMING))
     return res
 
 
@@ -147,8 +122,8 @@ def bench_reference(x, rois, device, threads):
 
     def run(fn):
         if cuda:
-            return timeit(fn, cuda=True)
-        return with_threads(max(threads), lambda: timeit(fn, budget=0.5, max_runs=2))
+            return timeit(fn, cuda=True, **TIMING)
+        return with_threads(max(threads), lambda: timeit(fn, **dict(TIMING, budget=0.5, max_runs=2)))
 
     fwd = run(ref_fwd)
     bwd = max(run(ref_fwd_bwd) - fwd, 1e-9)
@@ -157,23 +132,6 @@ def bench_reference(x, rois, device, threads):
                                rtol=1e-4, atol=1e-4)
     k = rois.shape[0]
     return fwd / k, bwd / k
-
-
-def machine():
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    info = {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__}
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name()
-    return info
-
-
-def ms(s):
-    return "%.1f" % (s * 1e3)
 
 
 def main():
@@ -229,18 +187,13 @@ def main():
             pf, pb = r["pool_fwd"], r["pool_bwd"]
         r["speedup_fwd"] = r["ref_fwd"] / ft
         r["speedup_bwd"] = r["ref_bwd"] / bt
-        rows.append([r["map"], r["rois"], r["device"], ms(f1), ms(ft), ms(r["ref_fwd"]),
-                     "%.1f" % r["speedup_fwd"], ms(b1), ms(bt), ms(r["ref_bwd"]),
-                     "%.1f" % r["speedup_bwd"], ms(pf), ms(pb)])
-    widths = [max(len(str(h)), *(len(str(row[i])) for row in rows)) for i, h in enumerate(headers)]
-    print("  ".join(h.rjust(w) for h, w in zip(headers, widths)))
-    for row in rows:
-        print("  ".join(str(c).rjust(w) for c, w in zip(row, widths)))
+        rows.append([r["map"], r["rois"], r["device"],
+                     fmt_ms(f1, 1), fmt_ms(ft, 1), fmt_ms(r["ref_fwd"], 1), "%.1f" % r["speedup_fwd"],
+                     fmt_ms(b1, 1), fmt_ms(bt, 1), fmt_ms(r["ref_bwd"], 1), "%.1f" % r["speedup_bwd"],
+                     fmt_ms(pf, 1), fmt_ms(pb, 1)])
+    print_table(headers, rows)
     if args.json:
-        tmp = args.json + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump({"machine": machine(), "threads": threads, "results": records}, f, indent=2)
-        os.replace(tmp, args.json)
+        write_json(args.json, {"machine": machine(), "threads": threads, "results": records})
 
 
 if __name__ == "__main__":
