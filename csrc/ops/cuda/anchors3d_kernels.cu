@@ -1,19 +1,12 @@
 #include "anchors3d_kernels.h"
+#include "launch.cuh"
 
 namespace deepem {
 namespace {
 
 constexpr int kThreads = 256;
-constexpr int64_t kMaxGrid = 1 << 20;  // grid-stride loops beyond this many blocks
 
-unsigned grid_for(int64_t items) {
-  const int64_t blocks = (items + kThreads - 1) / kThreads;
-  return static_cast<unsigned>(blocks < kMaxGrid ? (blocks > 0 ? blocks : 1) : kMaxGrid);
-}
-
-#define DEEPEM_GRID_STRIDE(i, n)                                                   \
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < (n); \
-       i += int64_t(gridDim.x) * blockDim.x)
+unsigned grid_for(int64_t items) { return grid_blocks(items, kThreads); }
 
 template <typename T>
 __global__ void anchors3d_kernel(const AnchorGrid<T> g, bool cubes, T* __restrict__ out) {

@@ -1,5 +1,6 @@
 #include "../../common/box3d.h"
 #include "box_iou3d_kernels.h"
+#include "launch.cuh"
 
 namespace deepem {
 namespace {
@@ -36,9 +37,7 @@ cudaError_t launch_box_iou3d(const T* boxes1, int64_t n, const T* boxes2, int64_
                              cudaStream_t stream) {
   if (n == 0 || m == 0) return cudaSuccess;
   const int64_t row_tiles = (n + kTile - 1) / kTile, col_tiles = (m + kTile - 1) / kTile;
-  const int64_t tiles = row_tiles * col_tiles;
-  const unsigned grid = static_cast<unsigned>(tiles < (1 << 20) ? tiles : (1 << 20));
-  box_iou3d_kernel<T><<<grid, dim3(kTile, kTile), 0, stream>>>(boxes1, n, boxes2, m, out,
+  box_iou3d_kernel<T><<<grid_blocks(row_tiles * col_tiles, 1), dim3(kTile, kTile), 0, stream>>>(boxes1, n, boxes2, m, out,
                                                                  row_tiles, col_tiles);
   return cudaGetLastError();
 }

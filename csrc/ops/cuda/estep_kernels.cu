@@ -2,19 +2,16 @@
 // per-lane functions of csrc/common/estep.h and xor-shuffle reductions (the CPU emulation in
 // ops/cpu/estep_emulation.cpp runs the same grid and reductions in the same order).
 #include "estep_kernels.h"
+#include "launch.cuh"
 
 namespace deepem {
 namespace {
 
 constexpr int kWarp = 32;
 constexpr int kWarpsPerBlock = 4;
-constexpr int64_t kMaxGrid = 1 << 20;  // grid-stride loops beyond this many blocks
 constexpr unsigned kFullMask = 0xffffffffu;
 
-unsigned grid_for_rows(int64_t rows) {
-  const int64_t blocks = (rows + kWarpsPerBlock - 1) / kWarpsPerBlock;
-  return static_cast<unsigned>(blocks < kMaxGrid ? (blocks > 0 ? blocks : 1) : kMaxGrid);
-}
+unsigned grid_for_rows(int64_t rows) { return grid_blocks(rows, kWarpsPerBlock); }
 
 __device__ int64_t first_row() {
   return blockIdx.x * int64_t(kWarpsPerBlock) + threadIdx.x / kWarp;

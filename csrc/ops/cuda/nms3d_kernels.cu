@@ -1,25 +1,17 @@
 #include "../../common/nms_bitmask.h"
+#include "launch.cuh"
 #include "nms3d_kernels.h"
 
 namespace deepem {
 namespace {
 
-constexpr int64_t kMaxGrid = 1 << 20;  // grid-stride loops beyond this many blocks
 constexpr int kGatherThreads = 256;
-
-unsigned grid_for(int64_t items, int64_t per_block) {
-  const int64_t blocks = (items + per_block - 1) / per_block;
-  return static_cast<unsigned>(blocks < kMaxGrid ? (blocks > 0 ? blocks : 1) : kMaxGrid);
-}
 
 template <typename T>
 __global__ void nms_invalid_words_kernel(const T* __restrict__ boxes, const T* __restrict__ scores,
                                          int64_t n, uint64_t* __restrict__ removed) {
   const int64_t words = nms_num_words(n);
-  for (int64_t w = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; w < words;
-       w += int64_t(gridDim.x) * blockDim.x) {
-    removed[w] = nms_invalid_word(boxes, scores, w, n);
-  }
+  DEEPEM_GRID_STRIDE(w, words) { removed[w] = nms_invalid_word(boxes, scores, w, n); }
 }
 
 // One block per (row block, column block) pair of the upper triangle, one thread per row;
@@ -90,7 +82,7 @@ template <typename T>
 cudaError_t launch_nms_invalid_words(const T* boxes, const T* scores, int64_t n,
                                      uint64_t* removed, cudaStream_t stream) {
   if (n == 0) return cudaSuccess;
-  nms_invalid_words_kernel<T><<<grid_for(nms_num_words(n), 256), 256, 0, stream>>>(boxes, scores, n, removed);
+  nms_invalid_words_kernel<T><<<grid_blocks(nms_num_words(n), 256), 256, 0, stream>>>(boxes, scores, n, removed);
   return cudaGetLastError();
 }
 
@@ -100,7 +92,7 @@ cudaError_t launch_nms_mask(const T* boxes, const int64_t* groups, int64_t n, T 
                             int64_t num_pairs, const int64_t* pair_offsets, uint64_t* mask,
                             cudaStream_t stream) {
   if (num_pairs == 0) return cudaSuccess;
-  nms_mask_kernel<T><<<grid_for(num_pairs, 1), kNmsBlock, 0, stream>>>(
+  nms_mask_kernel<T><<<grid_blocks(num_pairs, 1), kNmsBlock, 0, stream>>>(
       boxes, groups, n, threshold, first_block, num_blocks, stride, num_pairs, pair_offsets, mask);
   return cudaGetLastError();
 }

@@ -1,18 +1,15 @@
 // One thread per output element (k, c, pz, py, px), grid-stride loops, int64 indices.
 // The backward kernels scatter with atomicAdd (float or double: 16-bit types are upcast by
 // the caller).
+#include "launch.cuh"
 #include "roi3d_kernels.h"
 
 namespace deepem {
 namespace {
 
 constexpr int kThreads = 256;
-constexpr int64_t kMaxGrid = 1 << 20;  // grid-stride loops beyond this many blocks
 
-unsigned grid_for(int64_t items) {
-  const int64_t blocks = (items + kThreads - 1) / kThreads;
-  return static_cast<unsigned>(blocks < kMaxGrid ? blocks : kMaxGrid);
-}
+unsigned grid_for(int64_t items) { return grid_blocks(items, kThreads); }
 
 int64_t num_outputs(int64_t num_rois, const Roi3dShape& s) {
   return num_rois * s.channels * s.pooled[0] * s.pooled[1] * s.pooled[2];
