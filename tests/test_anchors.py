@@ -405,6 +405,9 @@ def test_label_bad_arguments():
         label_anchors3d(gt, grid._replace(shapes=((5.0, -1.0, 5.0),)))
     with pytest.raises(TypeError, match="grid"):
         label_anchors3d(gt, grid.anchors())
+    # A product of sizes that wraps around int64 must not pass as a small grid.
+    with pytest.raises(RuntimeError, match="too many anchors"):
+        label_anchors3d(gt, grid._replace(feature_size=(3, 6148914691236517206, 1)))
 
 
 def test_hard_negatives():

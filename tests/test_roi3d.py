@@ -255,6 +255,17 @@ def test_list_of_rois():
         roi_align3d(x, [torch.zeros(2, 7)], 2)
 
 
+def test_batch_index_is_checked_as_the_kernels_read_it():
+    # 2.9999999999 is < 3 in float64 but rounds to 3.0 in the float32 the kernels compute in.
+    x = torch.zeros(3, 2, 6, 6, 6)
+    rois = torch.tensor([[2.9999999999, 0, 0, 0, 4, 4, 4]], dtype=torch.float64)
+    with pytest.raises(RuntimeError, match=r"rois.*row 0.*batch index.*\[0, 3\)"):
+        roi_align3d(x, rois, 2)
+    with pytest.raises(RuntimeError, match=r"rois.*row 0.*batch index"):
+        roi_pool3d(x, rois, 2)
+    assert roi_align3d(x.double(), rois, 2).shape == (1, 2, 2, 2, 2)  # exact in float64: scan 2
+
+
 def test_channels_last_and_rois_dtype():
     x, rois = make_case(52, torch.float32, channels=4)
     cl = x.to(memory_format=torch.channels_last_3d)

@@ -43,8 +43,14 @@ void check_grid_args(const GridArgs& g, const char* op) {
   TORCH_CHECK(all_finite(g.shapes) && all_positive(g.shapes), op,
               ": argument 'anchor_shapes' must be finite numbers > 0, got ",
               at::ArrayRef<double>(g.shapes));
-  const int64_t cells = g.feature_size[0] * g.feature_size[1] * g.feature_size[2];
-  TORCH_CHECK(cells <= (int64_t(1) << 31) / a, op,
+  // The anchor count, bounded factor by factor so that the product cannot overflow.
+  int64_t room = (int64_t(1) << 31) / a;
+  bool fits = true;
+  for (int64_t s : g.feature_size) {
+    fits = fits && s <= room;
+    room = fits ? room / s : 0;
+  }
+  TORCH_CHECK(fits, op,
               ": the grid has too many anchors (feature_size ", at::IntArrayRef(g.feature_size), " x ", a,
               " shapes); at most 2^31 are supported");
 }

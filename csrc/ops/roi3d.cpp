@@ -23,10 +23,14 @@ void check_rois(const at::Tensor& rois, const at::Tensor& like, const char* op,
 }
 
 // Every rois[:, 0] must name a scan of the batch: a wrong index would read another scan's
-// memory. One reduction (one host sync on CUDA); the failing row is looked up only on error.
-void check_batch_indices(const at::Tensor& rois, int64_t batch, const char* op) {
+// memory. It is checked as the kernels read it, in the compute dtype of `like` (2.9999999999
+// in float64 becomes 3 in float32). One reduction (one host sync on CUDA); the failing row is
+// looked up only on error.
+void check_batch_indices(const at::Tensor& rois, const at::Tensor& like, int64_t batch,
+                         const char* op) {
   if (rois.size(0) == 0) return;
-  const at::Tensor b = rois.select(1, 0);
+  const at::Tensor b =
+      rois.select(1, 0).to(compute_dtype(like.scalar_type())).to(at::kDouble);
   const at::Tensor bad = (b >= static_cast<double>(batch)).logical_or_(b < 0).logical_or_(b.isnan());
   if (!bad.any().item<bool>()) return;
   const int64_t row = bad.nonzero()[0][0].item<int64_t>();
@@ -64,7 +68,7 @@ Roi3dShape check_roi3d_forward_args(const at::Tensor& input, const at::Tensor& r
   check_rois(rois, input, op, "input");
   check_output_size(output_size, op);
   check_spatial_scale(spatial_scale, op);
-  check_batch_indices(rois, input.size(0), op);
+  check_batch_indices(rois, input, input.size(0), op);
   return make_shape(input.sizes(), output_size);
 }
 
@@ -86,7 +90,7 @@ Roi3dShape check_roi3d_backward_args(const at::Tensor& grad_output, const at::Te
               grad_output.sizes());
   check_output_size(grad_output.sizes().slice(2), op);
   check_spatial_scale(spatial_scale, op);
-  check_batch_indices(rois, input_shape[0], op);
+  check_batch_indices(rois, grad_output, input_shape[0], op);
   return make_shape(input_shape, grad_output.sizes().slice(2));
 }
 
