@@ -103,9 +103,9 @@ def test_ties_are_broken_by_lower_index():
 
 
 def test_iou_exactly_at_threshold_is_not_suppressed():
-    # IoU = 4 / 12 = 1/3 exactly? Use IoU 0.5: inter 8*10*10=800... keep it binary: two boxes
-    # whose IoU is exactly 0.5 (inter 2, union 4 in units of 100).
-    boxes = torch.tensor([[0.0, 0, 0, 10, 10, 30], [0.0, 0, 10, 10, 10, 40]])  # inter 200, union 400
+    # Two boxes overlapping by two thirds of their length: inter 2000, union 4000, IoU exactly
+    # 0.5, so that threshold 0.5 keeps both (the test is IoU > t) and 0.375 suppresses.
+    boxes = torch.tensor([[0.0, 0, 0, 10, 10, 30], [0.0, 0, 10, 10, 10, 40]])
     scores = torch.tensor([1.0, 0.5])
     assert nms3d(boxes, scores, 0.5).tolist() == [0, 1]  # IoU 0.5 is not > 0.5
     assert nms3d(boxes, scores, 0.375).tolist() == [0]
