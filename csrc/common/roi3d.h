@@ -111,6 +111,37 @@ DEEPEM_HD RoiAlignBox<T> roi_align_box(const T* roi, T spatial_scale, const int6
   return b;
 }
 
+// Trilinear corners of one sample: voxel indices on each axis and their weights.
+template <typename T>
+struct RoiSample {
+  int64_t z0, z1, y0, y1, x0, x1;
+  T wz0, wz1, wy0, wy1, wx0, wx1;
+};
+
+// Calls visit(sample) for every sample of bin (pz, py, px) that lies inside the volume: the
+// sampling loop shared by the forward and the backward of one output element.
+template <typename T, typename Visit>
+DEEPEM_HD void roi_align3d_for_each_sample(const int64_t* size, const RoiAlignBox<T>& box,
+                                           int64_t pz, int64_t py, int64_t px, Visit&& visit) {
+  RoiSample<T> q;
+  for (int64_t iz = 0; iz < box.axis[0].grid; ++iz) {
+    if (!roi_linear_weights(roi_align_sample_coord(box.axis[0], pz, iz), size[0], &q.z0, &q.z1,
+                            &q.wz0, &q.wz1))
+      continue;
+    for (int64_t iy = 0; iy < box.axis[1].grid; ++iy) {
+      if (!roi_linear_weights(roi_align_sample_coord(box.axis[1], py, iy), size[1], &q.y0,
+                              &q.y1, &q.wy0, &q.wy1))
+        continue;
+      for (int64_t ix = 0; ix < box.axis[2].grid; ++ix) {
+        if (!roi_linear_weights(roi_align_sample_coord(box.axis[2], px, ix), size[2], &q.x0,
+                                &q.x1, &q.wx0, &q.wx1))
+          continue;
+        visit(q);
+      }
+    }
+  }
+}
+
 // One output element of roi_align3d: bin (pz, py, px) of one channel `plane` [D, H, W] —
 // the per-thread work of the CUDA forward kernel.
 template <typename T>
@@ -119,33 +150,16 @@ DEEPEM_HD T roi_align3d_bin(const T* plane, const int64_t* size, const T* roi,
   if (!roi_coords_finite(roi)) return T(NAN);
   const int64_t H = size[1], W = size[2];
   T sum = T(0);
-  for (int64_t iz = 0; iz < box.axis[0].grid; ++iz) {
-    int64_t z0, z1;
-    T wz0, wz1;
-    if (!roi_linear_weights(roi_align_sample_coord(box.axis[0], pz, iz), size[0], &z0, &z1,
-                            &wz0, &wz1))
-      continue;
-    for (int64_t iy = 0; iy < box.axis[1].grid; ++iy) {
-      int64_t y0, y1;
-      T wy0, wy1;
-      if (!roi_linear_weights(roi_align_sample_coord(box.axis[1], py, iy), H, &y0, &y1, &wy0,
-                              &wy1))
-        continue;
-      for (int64_t ix = 0; ix < box.axis[2].grid; ++ix) {
-        int64_t x0, x1;
-        T wx0, wx1;
-        if (!roi_linear_weights(roi_align_sample_coord(box.axis[2], px, ix), W, &x0, &x1, &wx0,
-                                &wx1))
-          continue;
-        const T* r00 = plane + (z0 * H + y0) * W;
-        const T* r01 = plane + (z0 * H + y1) * W;
-        const T* r10 = plane + (z1 * H + y0) * W;
-        const T* r11 = plane + (z1 * H + y1) * W;
-        sum += wz0 * (wy0 * (wx0 * r00[x0] + wx1 * r00[x1]) + wy1 * (wx0 * r01[x0] + wx1 * r01[x1])) +
-               wz1 * (wy0 * (wx0 * r10[x0] + wx1 * r10[x1]) + wy1 * (wx0 * r11[x0] + wx1 * r11[x1]));
-      }
-    }
-  }
+  roi_align3d_for_each_sample(size, box, pz, py, px, [&](const RoiSample<T>& q) {
+    const T* r00 = plane + (q.z0 * H + q.y0) * W;
+    const T* r01 = plane + (q.z0 * H + q.y1) * W;
+    const T* r10 = plane + (q.z1 * H + q.y0) * W;
+    const T* r11 = plane + (q.z1 * H + q.y1) * W;
+    sum += q.wz0 * (q.wy0 * (q.wx0 * r00[q.x0] + q.wx1 * r00[q.x1]) +
+                    q.wy1 * (q.wx0 * r01[q.x0] + q.wx1 * r01[q.x1])) +
+           q.wz1 * (q.wy0 * (q.wx0 * r10[q.x0] + q.wx1 * r10[q.x1]) +
+                    q.wy1 * (q.wx0 * r11[q.x0] + q.wx1 * r11[q.x1]));
+  });
   return sum / box.count;
 }
 
@@ -159,40 +173,21 @@ DEEPEM_HD void roi_align3d_bin_backward(T grad, T* grad_plane, const int64_t* si
   if (!roi_coords_finite(roi)) return;
   const int64_t H = size[1], W = size[2];
   const T g = grad / box.count;
-  for (int64_t iz = 0; iz < box.axis[0].grid; ++iz) {
-    int64_t z0, z1;
-    T wz0, wz1;
-    if (!roi_linear_weights(roi_align_sample_coord(box.axis[0], pz, iz), size[0], &z0, &z1,
-                            &wz0, &wz1))
-      continue;
-    for (int64_t iy = 0; iy < box.axis[1].grid; ++iy) {
-      int64_t y0, y1;
-      T wy0, wy1;
-      if (!roi_linear_weights(roi_align_sample_coord(box.axis[1], py, iy), H, &y0, &y1, &wy0,
-                              &wy1))
-        continue;
-      for (int64_t ix = 0; ix < box.axis[2].grid; ++ix) {
-        int64_t x0, x1;
-        T wx0, wx1;
-        if (!roi_linear_weights(roi_align_sample_coord(box.axis[2], px, ix), W, &x0, &x1, &wx0,
-                                &wx1))
-          continue;
-        T* r00 = grad_plane + (z0 * H + y0) * W;
-        T* r01 = grad_plane + (z0 * H + y1) * W;
-        T* r10 = grad_plane + (z1 * H + y0) * W;
-        T* r11 = grad_plane + (z1 * H + y1) * W;
-        const T g0 = g * wz0, g1 = g * wz1;
-        add(r00 + x0, g0 * wy0 * wx0);
-        add(r00 + x1, g0 * wy0 * wx1);
-        add(r01 + x0, g0 * wy1 * wx0);
-        add(r01 + x1, g0 * wy1 * wx1);
-        add(r10 + x0, g1 * wy0 * wx0);
-        add(r10 + x1, g1 * wy0 * wx1);
-        add(r11 + x0, g1 * wy1 * wx0);
-        add(r11 + x1, g1 * wy1 * wx1);
-      }
-    }
-  }
+  roi_align3d_for_each_sample(size, box, pz, py, px, [&](const RoiSample<T>& q) {
+    T* r00 = grad_plane + (q.z0 * H + q.y0) * W;
+    T* r01 = grad_plane + (q.z0 * H + q.y1) * W;
+    T* r10 = grad_plane + (q.z1 * H + q.y0) * W;
+    T* r11 = grad_plane + (q.z1 * H + q.y1) * W;
+    const T g0 = g * q.wz0, g1 = g * q.wz1;
+    add(r00 + q.x0, g0 * q.wy0 * q.wx0);
+    add(r00 + q.x1, g0 * q.wy0 * q.wx1);
+    add(r01 + q.x0, g0 * q.wy1 * q.wx0);
+    add(r01 + q.x1, g0 * q.wy1 * q.wx1);
+    add(r10 + q.x0, g1 * q.wy0 * q.wx0);
+    add(r10 + q.x1, g1 * q.wy0 * q.wx1);
+    add(r11 + q.x0, g1 * q.wy1 * q.wx0);
+    add(r11 + q.x1, g1 * q.wy1 * q.wx1);
+  });
 }
 
 // ---------------------------------------------------------------- RoI pooling
