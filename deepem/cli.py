@@ -95,7 +95,48 @@ def add_preprocess(sub):
     p.set_defaults(func=_preprocess)
 
 
-COMMANDS = [add_phantom, add_preprocess]
+def _train(args):
+    from .train import config as cfg
+    from .train import trainer
+
+    extra = {}
+    if args.data:
+        extra.setdefault("data", {})["root"] = args.data
+    if args.out:
+        extra.setdefault("run", {})["out"] = args.out
+    try:
+        config = cfg.load_config(args.config, args.preset, args.set, extra)
+        if not config.run.out:
+            raise cfg.ConfigError("no run folder: give --out or run.out")
+        t = trainer.fit(config, resume=args.resume)
+    except (cfg.ConfigError, FileNotFoundError, KeyError, trainer.NonFiniteLoss) as e:
+        print("deepem train: %s" % (e.args[0] if e.args else e), file=sys.stderr)
+        return 2
+    if t.ctx.main:
+        best = "none" if t.best is None else "%.4f (epoch %d)" % t.best
+        print("trained %d epochs -> %s (best validation metric %s)" % (config.optim.epochs, config.run.out, best))
+    return 0
+
+
+def add_train(sub):
+    p = sub.add_parser("train", help="supervised training of the 3D Res18 detector",
+                       description="Trains DeepLung's 3D Res18 on the fully labelled split of a preprocessed "
+                       "folder. Settings: --preset, then --config YAML, then --set key=value (e.g. --set "
+                       "optim.lr=0.01). Writes config.yaml, checkpoints/, last.pt, best.pt (lowest validation "
+                       "loss), metrics.jsonl and loss.png to the run folder. Multi-GPU / multi-node: "
+                       "torchrun --nproc_per_node N -m deepem train ...")
+    p.add_argument("--data", help="preprocessed folder (data.root)")
+    p.add_argument("--out", help="run folder (run.out)")
+    p.add_argument("--config", help="YAML config file")
+    p.add_argument("--preset", choices=sorted(__import__("deepem.train.config", fromlist=["PRESETS"]).PRESETS),
+                   help="starting settings: paper (GPU, the default values) or cpu (small model)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one setting (repeatable)")
+    p.add_argument("--resume", metavar="CHECKPOINT|auto",
+                   help="continue from a checkpoint; auto: the newest in the run folder, if any")
+    p.set_defaults(func=_train)
+
+
+COMMANDS = [add_phantom, add_preprocess, add_train]
 
 
 def build_parser():
