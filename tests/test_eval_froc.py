@@ -246,17 +246,15 @@ def test_bootstrap_resamples_match_brute_force_on_duplicated_scans():
 
 
 def test_bootstrap_contains_estimate_and_is_deterministic():
-    rng = np.random.default_rng(1)
-    cases = [random_case(rng, 40, 40) for _ in range(1)][0]
-    r = evaluate(*cases[:2], cases[3], cases[2], bootstrap=300, seed=5)
+    marks, ann, exc, uids = random_case(np.random.default_rng(1), 40, 40)
+    r = evaluate(marks, ann, uids, exc, bootstrap=300, seed=5)
     lo, hi = r.ci95["cpm"]
     assert lo <= r.cpm <= hi and lo < hi
     for (a, b), s in zip(r.ci95["sensitivity"], r.sensitivity):
         assert a <= s <= b
     assert r.curve_band.shape == (2, len(r.band_fps)) and (r.curve_band[0] <= r.curve_band[1]).all()
-    again = evaluate(*cases[:2], cases[3], cases[2], bootstrap=300, seed=5)
-    assert again.ci95 == r.ci95
-    assert evaluate(*cases[:2], cases[3], cases[2], bootstrap=300, seed=6).ci95 != r.ci95
+    assert evaluate(marks, ann, uids, exc, bootstrap=300, seed=5).ci95 == r.ci95
+    assert evaluate(marks, ann, uids, exc, bootstrap=300, seed=6).ci95 != r.ci95
 
 
 def test_paired_compare():
