@@ -278,9 +278,11 @@ def plot_history(history, path) -> None:
     plt.close(fig)
 
 
-def fit(config: TrainConfig, resume: Optional[str] = None, trainer: Optional[Trainer] = None) -> Trainer:
+def fit(config: TrainConfig, resume: Optional[str] = None, trainer: Optional[Trainer] = None,
+        stop_at: Optional[int] = None) -> Trainer:
     """Supervised training (`deepem train`): epochs over the train split's crops, validation
-    loss on the validation split for model selection, a checkpoint each epoch."""
+    loss on the validation split for model selection, a checkpoint each epoch. stop_at: return
+    before that epoch, as if interrupted (the schedule still follows optim.epochs)."""
     check_data_root(config.data.root)
     t = trainer or Trainer(config)
     c = config
@@ -295,7 +297,7 @@ def fit(config: TrainConfig, resume: Optional[str] = None, trainer: Optional[Tra
         save_config(c, os.path.join(c.run.out, "config.yaml"))
     if resume:
         t.resume(resume)
-    while t.epoch < c.optim.epochs:
+    while t.epoch < min(c.optim.epochs, c.optim.epochs if stop_at is None else stop_at):
         epoch = t.epoch
         train = t.train_epoch(train_set, epoch, steps=c.optim.steps_per_epoch)
         record = {"epoch": epoch, "train": train}
