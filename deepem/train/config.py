@@ -62,7 +62,39 @@ class RunConfig:
     threads: int = 0  # CPU threads for torch (0: torch's default)
     log_every: int = 10  # steps between metrics.jsonl lines
     val_every: int = 1  # epochs between validations
+    select: str = "loss"  # model selection on the validation split: loss | cpm (detect + LUNA16 FROC)
     progress: bool = True  # progress bars
+
+
+@dataclass
+class DetectConfig:
+    threshold: float = -2.0  # logit threshold of the marks
+    nms_iou: float = 0.1  # cube IoU of DeepLung's post-processing
+    min_diameter: float = 3.0  # mm
+    max_marks: int = 100  # per scan (LUNA16)
+    tile: int = 144  # tile side without margins (voxels, multiple of 4); DeepLung: 144
+    margin: int = 32  # tile margin on each side (DeepLung: 32)
+    tile_batch: int = 1  # tiles per network call (GPU memory)
+
+
+@dataclass
+class EMConfig:
+    weak_split: str = "weak"  # weakly labelled scans (split name or uid file)
+    method: str = "sample"  # map | sample (k draws per weak label)
+    k: int = 2  # draws per weak label when sampling (paper: 2)
+    fraction: float = 0.0625  # share of weak scans re-estimated per epoch (public code: 1/16)
+    threshold: float = -3.0  # logit threshold of E-step proposals (paper: -3)
+    nms_iou: float = 0.1  # cube IoU of E-step NMS
+    mu: float = 1.63  # half-Gaussian offset, mm (minimal nodule radius)
+    sigma: float = 2.38  # half-Gaussian spread, mm
+    z_window: float = 13.0  # admissible |z_m - z_H| (public code: 13 slices)
+    use_lobe: bool = True  # multiply the posterior by the lobe model's p(lobe | proposal)
+    lobe_lr_factor: float = 10.0  # lobe model lr = this x the detector's lr (paper: 10)
+    lobe_steps: int = 50  # full-batch SGD steps of the lobe model per epoch
+    weighted: bool = False  # scale pseudo boxes' loss terms by their posterior
+    exclude_band: float = 5.0  # no negatives within weak z +- this (voxels) in weak crops
+    weak_steps: int = 0  # M-step steps over weak crops per epoch (0: one pass)
+    full_steps: int = 0  # supervised steps per epoch (0: optim.steps_per_epoch)
 
 
 @dataclass
@@ -72,6 +104,8 @@ class TrainConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    detect: DetectConfig = field(default_factory=DetectConfig)
+    em: EMConfig = field(default_factory=EMConfig)
 
 
 # Named starting points; a YAML file and --set apply on top.
@@ -189,6 +223,12 @@ def validate(config: TrainConfig) -> None:
         raise ConfigError("config keys 'optim.lr' and 'model.width' must be > 0")
     if len(c.optim.lr_milestones) != len(c.optim.lr_factors):
         raise ConfigError("config keys 'optim.lr_milestones' and 'optim.lr_factors' must have the same length")
+    if c.run.select not in ("loss", "cpm"):
+        raise ConfigError("config key 'run.select' must be loss or cpm, got '%s'" % c.run.select)
+    if c.em.method not in ("map", "sample"):
+        raise ConfigError("config key 'em.method' must be map or sample, got '%s'" % c.em.method)
+    if not 0 < c.em.fraction <= 1:
+        raise ConfigError("config key 'em.fraction' must be in (0, 1], got %r" % c.em.fraction)
     if c.run.amp not in ("none", "bf16", "fp16"):
         raise ConfigError("config key 'run.amp' must be none, bf16 or fp16, got '%s'" % c.run.amp)
 

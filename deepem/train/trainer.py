@@ -106,29 +106,31 @@ class Trainer:
         dtype = torch.bfloat16 if self.config.run.amp == "bf16" else torch.float16
         return torch.autocast(self.device.type, dtype=dtype)
 
-    def loader(self, dataset, epoch: int, steps: int = 0, shuffle_seed: Optional[int] = None):
+    def loader(self, dataset, epoch: int, steps: int = 0, stream: int = 0):
         c = self.config
-        sampler = EpochSampler(len(dataset), c.optim.batch_size, steps, c.run.seed if shuffle_seed is None
-                               else shuffle_seed, self.ctx.rank, self.ctx.world)
+        sampler = EpochSampler(len(dataset), c.optim.batch_size, steps, c.run.seed + 7919 * stream,
+                               self.ctx.rank, self.ctx.world)
         sampler.set_epoch(epoch)
         dataset.set_epoch(epoch)
         return torch.utils.data.DataLoader(dataset, batch_size=c.optim.batch_size // self.ctx.world,
                                            sampler=sampler, num_workers=c.data.workers,
                                            collate_fn=datasets.collate, drop_last=True)
 
-    def train_epoch(self, dataset, epoch: int, steps: int = 0, tag: str = "train", weighted: bool = False) -> dict:
+    def train_epoch(self, dataset, epoch: int, steps: int = 0, tag: str = "train", weighted: bool = False,
+                    stream: int = 0) -> dict:
         """One pass of SGD over `dataset` (steps > 0: exactly that many steps). Crops that carry
         'weak_z' get negatives excluded in their weak z bands; with weighted=True, crops' 'weights'
-        scale their boxes' loss terms. Returns the mean loss parts."""
+        scale their boxes' loss terms; `stream` separates the random choices of passes in one
+        epoch (the EM M-step's weak and full passes). Returns the mean loss parts."""
         c = self.config
         for group in self.optimizer.param_groups:
             group["lr"] = lr_at(c, epoch)
         self.net.train()
-        loader = self.loader(dataset, epoch, steps)
+        loader = self.loader(dataset, epoch, steps, stream)
         sums, count, t0 = {}, 0, time.perf_counter()
         bar = self._bar(len(loader), "%s %d" % (tag, epoch))
         for step, batch in enumerate(loader):
-            parts = self.train_step(batch, epoch, step, weighted)
+            parts = self.train_step(batch, epoch, step + 100003 * stream, weighted)
             for k, v in parts.items():
                 if isinstance(v, float) and math.isnan(v):
                     continue
@@ -154,7 +156,7 @@ class Trainer:
             image = image.contiguous(memory_format=torch.channels_last_3d)
         bands = None
         if "weak_z" in batch:
-            bands = [exclusion_band(z) for z in batch["weak_z"]]
+            bands = [exclusion_band(z, self.config.em.exclude_band) for z in batch["weak_z"]]
         weights = batch.get("weights") if weighted else None
         with self.autocast():
             output = self.net(image, coord)
@@ -191,6 +193,32 @@ class Trainer:
         total = distributed.mean(total, self.ctx) * self.ctx.world
         n = distributed.mean(float(n), self.ctx) * self.ctx.world
         return total / max(n, 1.0)
+
+    def validation_cpm(self, uids) -> float:
+        """Validation FROC score: whole-scan detection of the validation scans (sharded over
+        ranks), LUNA16 CPM against their labels (deepem.eval, no bootstrap)."""
+        from ..data import preprocess
+        from ..eval import froc
+        from ..infer import Detector
+
+        d = self.config.detect
+        det = Detector(self.model, device=self.device, tile=d.tile, margin=d.margin, tile_batch=d.tile_batch,
+                       amp=self.config.run.amp, threshold=d.threshold, nms_iou=d.nms_iou,
+                       min_diameter=d.min_diameter, max_marks=d.max_marks)
+        marks, annotations = {}, {}
+        for i in range(self.ctx.rank, len(uids), self.ctx.world):
+            m = det.detect((self.config.data.root, uids[i]))
+            marks[uids[i]] = np.concatenate([m.world_xyz(), m.probability[:, None]], 1)
+        for part in distributed.all_gather_object(marks, self.ctx):
+            marks.update(part)
+        for uid in uids:
+            image, labels, meta = datasets.load_scan(self.config.data.root, uid)
+            world = preprocess.grid_to_world(labels[:, :3].astype(np.float64), meta) if len(labels) else np.zeros((0, 3))
+            annotations[uid] = np.concatenate([world, labels[:, 3:] * meta.get("resolution", 1.0)], 1)
+        self.model.train()
+        if not any(len(a) for a in annotations.values()):
+            return float("nan")
+        return float(froc.evaluate(marks, annotations, list(uids), bootstrap=0).cpm)
 
     # ---- run folder --------------------------------------------------------------------------
     def _bar(self, total, desc):
@@ -252,7 +280,7 @@ class Trainer:
             plot_history(self.history, os.path.join(self.out, "loss.png"))
 
 
-def exclusion_band(weak_z, half_width: float = 5.0):
+def exclusion_band(weak_z, half_width: float):
     """z bands [E, 2] around weak slices (crop voxels) where the M-step takes no negatives:
     the public code's weak z +- 5 voxels."""
     return torch.stack([weak_z - half_width, weak_z + half_width], -1)
@@ -278,6 +306,21 @@ def plot_history(history, path) -> None:
     plt.close(fig)
 
 
+def validate(t: Trainer, val_set, epoch: int) -> dict:
+    """Validation record of an epoch (every run.val_every epochs and at the last): val_loss, and
+    with run.select = cpm val_cpm; 'selection' is the value model selection minimises."""
+    c = t.config
+    if val_set is None or not ((epoch + 1) % c.run.val_every == 0 or epoch + 1 == c.optim.epochs):
+        return {}
+    out = {"val_loss": t.validation_loss(val_set)}
+    if c.run.select == "cpm":
+        out["val_cpm"] = t.validation_cpm(val_set.uids)
+        out["selection"] = -out["val_cpm"]
+    else:
+        out["selection"] = out["val_loss"]
+    return out
+
+
 def fit(config: TrainConfig, resume: Optional[str] = None, trainer: Optional[Trainer] = None,
         stop_at: Optional[int] = None) -> Trainer:
     """Supervised training (`deepem train`): epochs over the train split's crops, validation
@@ -300,12 +343,10 @@ def fit(config: TrainConfig, resume: Optional[str] = None, trainer: Optional[Tra
     while t.epoch < min(c.optim.epochs, c.optim.epochs if stop_at is None else stop_at):
         epoch = t.epoch
         train = t.train_epoch(train_set, epoch, steps=c.optim.steps_per_epoch)
-        record = {"epoch": epoch, "train": train}
-        if val_set is not None and ((epoch + 1) % c.run.val_every == 0 or epoch + 1 == c.optim.epochs):
-            record["val_loss"] = t.validation_loss(val_set)
+        record = {"epoch": epoch, "train": train, **validate(t, val_set, epoch)}
         t.history.append(record)
         t.log({"kind": "epoch", **record})
         t.epoch = epoch + 1
-        t.save(record.get("val_loss", train["loss"]))
+        t.save(record.get("selection", train["loss"]))
         t.plot()
     return t
