@@ -120,13 +120,44 @@ def _train(args):
     return 0
 
 
-def add_train(sub):
-    p = sub.add_parser("train", help="supervised training of the 3D Res18 detector",
-                       description="Trains DeepLung's 3D Res18 on the fully labelled split of a preprocessed "
-                       "folder. Settings: --preset, then --config YAML, then --set key=value (e.g. --set "
-                       "optim.lr=0.01). Writes config.yaml, checkpoints/, last.pt, best.pt (lowest validation "
-                       "loss), metrics.jsonl and loss.png to the run folder. Multi-GPU / multi-node: "
-                       "torchrun --nproc_per_node N -m deepem train ...")
+def _em(args):
+    from .em import em_fit
+    from .train import config as cfg
+    from .train import trainer
+
+    extra = {}
+    if args.data:
+        extra.setdefault("data", {})["root"] = args.data
+    if args.out:
+        extra.setdefault("run", {})["out"] = args.out
+    try:
+        config = cfg.load_config(args.config, args.preset, args.set, extra)
+        if not config.run.out:
+            raise cfg.ConfigError("no run folder: give --out or run.out")
+        if not (args.init or args.resume):
+            raise cfg.ConfigError("give --init (a supervised checkpoint, e.g. from deepem train) or --resume")
+        t = em_fit(config, init=args.init, resume=args.resume)
+    except (cfg.ConfigError, FileNotFoundError, KeyError, trainer.NonFiniteLoss) as e:
+        print("deepem em: %s" % (e.args[0] if e.args else e), file=sys.stderr)
+        return 2
+    if t.ctx.main:
+        print("EM trained %d epochs -> %s" % (config.optim.epochs, config.run.out))
+    return 0
+
+
+def add_em(sub):
+    p = sub.add_parser("em", help="DeepEM: EM training over weak labels from a supervised checkpoint",
+                       description="Each epoch: E-step (whole-scan detection of a share of the weak scans, "
+                       "posterior of every weak label over its proposals, MAP or sampled picks -> pseudo boxes, "
+                       "written to pseudo_boxes/epoch_NNN.csv), lobe model update, M-step (one pass over the weak "
+                       "scans with pseudo boxes, then one supervised epoch). Settings as deepem train, plus the em "
+                       "section (e.g. --set em.method=map). Multi-GPU: torchrun --nproc_per_node N -m deepem em ...")
+    p.add_argument("--init", help="supervised checkpoint to start from")
+    _common_train_args(p)
+    p.set_defaults(func=_em)
+
+
+def _common_train_args(p):
     p.add_argument("--data", help="preprocessed folder (data.root)")
     p.add_argument("--out", help="run folder (run.out)")
     p.add_argument("--config", help="YAML config file")
@@ -135,6 +166,16 @@ def add_train(sub):
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one setting (repeatable)")
     p.add_argument("--resume", metavar="CHECKPOINT|auto",
                    help="continue from a checkpoint; auto: the newest in the run folder, if any")
+
+
+def add_train(sub):
+    p = sub.add_parser("train", help="supervised training of the 3D Res18 detector",
+                       description="Trains DeepLung's 3D Res18 on the fully labelled split of a preprocessed "
+                       "folder. Settings: --preset, then --config YAML, then --set key=value (e.g. --set "
+                       "optim.lr=0.01). Writes config.yaml, checkpoints/, last.pt, best.pt (lowest validation "
+                       "loss), metrics.jsonl and loss.png to the run folder. Multi-GPU / multi-node: "
+                       "torchrun --nproc_per_node N -m deepem train ...")
+    _common_train_args(p)
     p.set_defaults(func=_train)
 
 
@@ -282,7 +323,7 @@ def add_detect(sub):
     p.set_defaults(func=_detect)
 
 
-COMMANDS = [add_phantom, add_preprocess, add_train, add_detect, add_evaluate]
+COMMANDS = [add_phantom, add_preprocess, add_train, add_em, add_detect, add_evaluate]
 
 
 def build_parser():

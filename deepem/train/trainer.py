@@ -208,7 +208,7 @@ class Trainer:
         marks, annotations = {}, {}
         for i in range(self.ctx.rank, len(uids), self.ctx.world):
             m = det.detect((self.config.data.root, uids[i]))
-            marks[uids[i]] = np.concatenate([m.world_xyz(), m.probability[:, None]], 1)
+            marks[uids[i]] = np.concatenate([m.world_xyz, m.probability[:, None]], 1)
         for part in distributed.all_gather_object(marks, self.ctx):
             marks.update(part)
         for uid in uids:
