@@ -3,6 +3,9 @@ cases, an independent brute-force FROC on random cases, the bootstrap, the paire
 comparison and the `deepem evaluate` command."""
 import json
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -340,3 +343,9 @@ def test_cli_bad_input_is_one_line_and_status_2(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "missing.csv" in err
     assert not (tmp_path / "o").exists()
+
+
+def test_import_does_not_load_torch():
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = "import sys, deepem.eval; assert 'torch' not in sys.modules and 'matplotlib' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=root)

@@ -1,13 +1,15 @@
 """The FROC curve of scan-weighted entries and its read-off, vectorised over resamples.
 
 A bootstrap resample of scans is a vector of counts (how often each scan was drawn), so its
-FROC entries are the original entries weighted by their scan's count. Sorting the entries
-once and taking weighted cumulative sums at the ends of the equal-score groups gives every
-resample's curve at once; no loop over resamples or marks in Python.
+FROC entries are the original entries weighted by their scan's count. The entries are sorted
+by score once; for a block of resamples one cumulative sum of the weighted false positives
+(and one of the few true positives) gives every resample's curve, and one searchsorted over
+all rows finds where each rate is read. No Python loop over resamples or marks.
 
 The arithmetic follows the script (computeFROC: sklearn's roc_curve, then fps = fpr * FP / scans
 and sens = tpr * detected / nodules; np.interp for the read-off), so that with unit weights the
-values are the script's to the last bit, jumps at a rate included:
+values are the script's to the last bit (to rounding where sklearn drops collinear points),
+jumps at a rate included:
 - the curve starts at (0, 0) and has one point per distinct score;
 - np.interp at q takes the last curve point j with x_j <= q: at a vertical jump it takes the
   top of the jump, and past the curve's end (fewer than q false positives per scan in all)

@@ -5,6 +5,8 @@ marks: {uid: [K, 4] (x, y, z, probability)}; annotations / excluded: {uid: [N, 4
 diameter_mm)} (deepem.data.tables.read_annotations); seriesuids: the scans that count.
 The matching rules are in deepem.eval.matching, the curve arithmetic in deepem.eval.curve.
 """
+from __future__ import annotations  # `dict | None` fields on Python 3.9
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -72,6 +74,7 @@ def resample_counts(n_scans, bootstrap, seed):
 
 
 def _uids(seriesuids):
+    # a uid listed twice counts once (deepem.data.tables.read_seriesuids drops repeats too)
     uids = list(dict.fromkeys(str(u) for u in seriesuids))
     if not uids:
         raise ValueError("no scans to evaluate: the seriesuid list is empty")

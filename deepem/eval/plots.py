@@ -42,7 +42,7 @@ def froc_plot(path, curves, title=None):
         ax.set_xlabel("average number of false positives per scan")
         ax.set_ylabel("sensitivity")
         ax.set_title(title or "FROC")
-        ax.legend(loc="lower right", fontsize=8)
+        ax.legend(loc="best", fontsize=8)
         fig.tight_layout()
         path = os.fspath(path)
         tmp = os.path.join(os.path.dirname(path) or ".", ".tmp-%d-%s.png" % (os.getpid(), os.path.basename(path)))
