@@ -3,6 +3,7 @@ subparsers and sets `func` (args -> exit status); later subcommands append to CO
 
     deepem phantom OUT_DIR [--scans N] [--seed S] ...
     deepem preprocess DATA_ROOT OUT_DIR [--workers W] ...
+    deepem evaluate RESULTS.csv --annotations A.csv --out DIR [--seriesuids S.csv] ...
 """
 import argparse
 import os
@@ -95,7 +96,48 @@ def add_preprocess(sub):
     p.set_defaults(func=_preprocess)
 
 
-COMMANDS = [add_phantom, add_preprocess]
+def _evaluate(args):
+    from .data.tables import TableError
+    from .eval import report
+
+    try:
+        _, lines = report.run(args.results, args.annotations, args.out, excluded=args.excluded,
+                              seriesuids=args.seriesuids, other=args.compare, bootstrap=args.bootstrap,
+                              seed=args.seed)
+    except (TableError, FileNotFoundError, ValueError) as e:
+        print("deepem evaluate: error: %s" % e, file=sys.stderr)
+        return 2
+    print("\n".join(lines))
+    return 0
+
+
+def _non_negative_int(text):
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be >= 0, got %s" % text)
+    return value
+
+
+def add_evaluate(sub):
+    p = sub.add_parser("evaluate", help="LUNA16 FROC / CPM of a results CSV, with bootstrap intervals",
+                       description="FROC and CPM exactly as LUNA16's noduleCADEvaluationLUNA16.py computes them "
+                       "(at most 100 marks a scan, hit = distance < radius, marks on excluded findings ignored), "
+                       "with 95%% intervals from resampling the scans. Writes DIR/froc.json, froc.png, froc.csv. "
+                       "With --compare, a paired bootstrap comparison of the two CPMs.")
+    p.add_argument("results", help="submission CSV: seriesuid,coordX,coordY,coordZ,probability (world mm)")
+    p.add_argument("--annotations", required=True, help="annotations.csv (seriesuid,coordX,coordY,coordZ,diameter_mm)")
+    p.add_argument("--excluded", help="annotations_excluded.csv: marks on these findings are ignored")
+    p.add_argument("--seriesuids", help="the scans that count, one uid a line (default: the scans named in the "
+                   "annotations and results files)")
+    p.add_argument("--out", required=True, help="output folder (created)")
+    p.add_argument("--compare", metavar="OTHER.csv", help="a second results CSV to compare with, paired by scan")
+    p.add_argument("--bootstrap", type=_non_negative_int, default=1000, help="resamples for the 95%% intervals "
+                   "(default 1000; 0: none)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    p.set_defaults(func=_evaluate)
+
+
+COMMANDS = [add_phantom, add_preprocess, add_evaluate]
 
 
 def build_parser():
