@@ -115,7 +115,8 @@ def lung_sdf(chest: Chest, lung: Lung, Z, Y, X):
     medi = _ellipse_sdf(X, Y - (lung.cy - 0.3 * lung.ay), chest.medi_ax, 0.75 * lung.ay)
     d = np.maximum(d, -medi)
     spine = np.sqrt(X**2 + (Y - chest.spine_y) ** 2) - chest.spine_r
-    return np.maximum(d, -spine)
+    d = np.maximum(d, -spine)
+    return np.maximum(d, _ellipse_sdf(X, Y, chest.body_ax - chest.wall, chest.body_ay - chest.wall))  # inside the wall
 
 
 def lung_bounds(lung: Lung, margin=2.0):
@@ -222,19 +223,32 @@ def render_lungs(chest: Chest, grid: Grid, img):
 
 
 def render_fissures(chest: Chest, grid: Grid, img, lung_occ, thickness=0.35):
-    """Thin pleural sheets along the fissures, inside each lung (box, occupancy) of lung_occ."""
+    """Thin pleural sheets along the fissures, inside each lung ((box, occupancy) of
+    lung_occ). A fissure is a height map Z = h(Y, X), so only the few slices around it in
+    each column are touched."""
+    sz = grid.spacing[0]
     for lung, (box, occ) in zip(chest.lungs, lung_occ):
         if box is None:
             continue
-        Z, Y, X = (a.astype(np.float32) for a in grid.sub_axes(box))
-        d, nz = fissure_distance(lung, Z, Y, X, "oblique")
-        sheets = [(d, nz, None)]
+        Z, Y, X = grid.sub_axes(box)
+        y2, x2 = Y[0], X[0]
+        sheets = [(oblique_z(lung, y2, x2), np.sqrt(1 + lung.obl_slope**2 + lung.obl_tilt**2), False)]
         if lung.right:
-            dh, nzh = fissure_distance(lung, Z, Y, X, "horizontal")
-            sheets.append((dh, nzh, Z > oblique_z(lung, Y, X)))  # only in front of the oblique one
-        for dist, nz, where in sheets:
-            s2 = grid.sigma2(nz**2)
-            f = (thickness / np.sqrt(2 * np.pi * s2)) * np.exp(-(dist**2) / (2 * s2)) * occ
-            if where is not None:
-                f = f * where
-            img[box] += f.astype(np.float32) * (FISSURE_HU - img[box])
+            sheets.append((horizontal_z(lung, y2) + 0 * x2, np.sqrt(1 + lung.hor_slope**2), True))
+        view = img[box]
+        iy, ix = np.indices(y2.shape[:1] + x2.shape[1:])
+        for h, norm, front_only in sheets:
+            s2 = grid.sigma2(1.0 / norm**2)
+            reach = int(np.ceil(3 * np.sqrt(s2) * norm / sz)) + 1
+            z0 = np.floor((h - Z[0, 0, 0]) / sz).astype(np.int64)
+            for k in range(-reach, reach + 1):
+                zi = z0 + k
+                ok = (zi >= 0) & (zi < view.shape[0])
+                if front_only:  # the horizontal fissure ends at the oblique one
+                    ok &= h > oblique_z(lung, y2, x2)
+                if not ok.any():
+                    continue
+                z, y, x = zi[ok], iy[ok], ix[ok]
+                d = (Z[0, 0, 0] + z * sz - h[ok]) / norm
+                f = (thickness / np.sqrt(2 * np.pi * s2)) * np.exp(-(d**2) / (2 * s2)) * occ[z, y, x]
+                view[z, y, x] += f.astype(np.float32) * (np.float32(FISSURE_HU) - view[z, y, x])

@@ -13,7 +13,8 @@ Z_SPACINGS = (1.25, 1.5, 2.0, 2.5)
 Z_SPACING_P = (0.45, 0.1, 0.15, 0.3)  # LUNA16 has mostly 1.25 and 2.5 mm slices
 
 PRESETS = {
-    # LUNA16-size: the whole chest, 512 x 512 pixels of 0.62-0.8 mm, ~300-350 mm of slices.
+    # LUNA16-size: the whole chest, 512 x 512 pixels of 0.62-0.8 mm (the body and 25-70 mm of
+    # air fit), ~300-350 mm of slices.
     "luna16": dict(window=False, inplane=512, sxy=(0.62, 0.8)),
     # The demo: a 128 x 128 x (64-80 mm) window into the same adult chest, on one lung.
     "demo": dict(window=True, inplane=128, sxy=(0.7, 0.8), z_mm=(64.0, 80.0)),
@@ -26,9 +27,11 @@ class Options:
     vessels: bool = True
     airways: bool = True
     fissures: bool = True
-    tree_points: int = 1500  # territory points per tree: leaves of ~0.45 mm radius
-    noise_hu: object = None  # noise sigma (HU); None: random 20-45 per scan
-    psf_mm: object = None  # in-plane blur sigma; None: random 0.35-0.55 (soft to sharp kernels)
+    tree_points: int = 2500  # territory points per tree: leaves of ~0.4 mm radius
+    # The reconstruction kernel, drawn per scan from soft to sharp (lung kernels, as most of
+    # LIDC): a sharper kernel blurs less and shows more of the low-dose noise.
+    noise_hu: object = None  # noise sigma (HU); None: 20-35 (soft kernel) up to 45-75 (sharp), by the kernel
+    psf_mm: object = None  # in-plane blur sigma (mm); None: 0.55 (soft) down to 0.35 (sharp), by the kernel
     nodule_stats: nodules.NoduleOptions = field(default_factory=nodules.NoduleOptions)
     lookalike_rates: object = field(default_factory=lookalikes.LookalikeOptions)  # None: no lookalikes
 
@@ -62,7 +65,11 @@ def plan_scan(seed, index=0, preset="luna16", shape=None, spacing=None, origin=N
     cfg, opt = PRESETS[preset], options or Options()
     rng = _rng(seed, index, 0)
     chest = anatomy.draw_chest(_rng(seed, index, 1))
-    sxy = float(np.round(rng.uniform(*cfg["sxy"]), 3))
+    if cfg["window"]:
+        sxy = float(np.round(rng.uniform(*cfg["sxy"]), 3))
+    else:  # the reconstruction field of view is chosen to hold the body, as in LUNA16
+        fov = 2 * chest.body_ax + rng.uniform(25, 70)
+        sxy = float(np.round(np.clip(fov / cfg["inplane"], *cfg["sxy"]), 3))
     sz = float(rng.choice(Z_SPACINGS, p=Z_SPACING_P))
     z_mm = rng.uniform(*cfg["z_mm"]) if cfg["window"] else None
     if cfg["window"]:
@@ -78,19 +85,22 @@ def plan_scan(seed, index=0, preset="luna16", shape=None, spacing=None, origin=N
     if shape is None:  # the preset's field of view at this spacing
         shape = np.maximum(np.rint(extent / sp), 1)
     extent = np.asarray(shape) * sp
-    if cfg["window"]:
+    windowed = cfg["window"] or shape_given  # an explicit shape is a window onto a lung
+    if windowed:
         centre = _window(rng, chest, extent)
     else:
         centre = np.array([(z0 + z1) / 2, rng.uniform(-10, 10), rng.uniform(-10, 10)])
     shape = tuple(int(v) for v in shape)
     corner = centre - (np.asarray(shape) - 1) * sp / 2
-    psf = opt.psf_mm if opt.psf_mm is not None else rng.uniform(0.35, 0.55)
+    sharp, dose = rng.uniform(), rng.uniform()
+    psf = opt.psf_mm if opt.psf_mm is not None else 0.55 - 0.2 * sharp
+    noise_hu = opt.noise_hu if opt.noise_hu is not None else (20 + 25 * sharp) * (1 + 0.65 * dose)
     grid = Grid(shape, sp, corner, psf)
     if origin is None:
         origin = (rng.uniform(-220, -120), rng.uniform(-250, -100), rng.uniform(-400, -50))
 
     trng = _rng(seed, index, 2)
-    window = (grid.corner_mm, grid.hi_mm) if cfg["window"] or shape_given else None
+    window = (grid.corner_mm, grid.hi_mm) if windowed else None
     trees = [vessels.grow_lung_trees(trng, chest, lung, opt.tree_points, window) for lung in chest.lungs]
     airway = (np.zeros((0, 3)), np.zeros(0), np.zeros(0))
     if opt.airways:
@@ -128,7 +138,7 @@ def plan_scan(seed, index=0, preset="luna16", shape=None, spacing=None, origin=N
         looks = lookalikes.plan_lookalikes(nrng, placer, opt.lookalike_rates, litres, airway[:2])
     return dict(seed=seed, index=index, preset=preset, chest=chest, grid=grid, spacing=tuple(float(v) for v in spacing),
                 origin=tuple(float(v) for v in origin), direction=direction, trees=trees, airway=airway,
-                nodules=nods, excluded=excluded, lookalikes=looks, options=opt)
+                nodules=nods, excluded=excluded, lookalikes=looks, options=opt, noise_hu=float(noise_hu))
 
 
 def render_scan(plan):
@@ -191,8 +201,7 @@ def render_scan(plan):
             nodules.render_nodule(img, grid, dict(round_, centre=lk["centre"], diameter=f["diameter"], rot=f["rot"],
                                                   scales=f["scales"], hu=lk["hu"]), rrng)
 
-    sigma = opt.noise_hu if opt.noise_hu is not None else rrng.uniform(20, 45)
-    n = noise.ct_noise(rrng, grid.shape, grid.spacing, sigma)
+    n = noise.ct_noise(rrng, grid.shape, grid.spacing, plan["noise_hu"])
     n *= np.where(img > -960, np.float32(1.0), np.float32(0.5))  # less noise in the air around the body
     img += n
     hu = np.clip(np.rint(img), -1024, 3071).astype(np.int16)

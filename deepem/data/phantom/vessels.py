@@ -99,7 +99,7 @@ def sample_curves(p0, p1, p2, r0, r1, step_of_r=0.6, min_step=0.35, max_step=1.2
     return pts, r0[branch] + (r1 - r0)[branch] * t[:, 0], branch
 
 
-def grow_lung_trees(rng, chest: Chest, lung: Lung, n_points=1500, window=None):
+def grow_lung_trees(rng, chest: Chest, lung: Lung, n_points=2500, window=None):
     """The artery and the vein tree of one lung (dict name -> Tree); `window`: see grow_tree."""
     s = -1.0 if lung.right else 1.0
     medial = lung.cx - s * lung.ax * 0.78
