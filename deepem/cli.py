@@ -24,7 +24,8 @@ def _phantom(args):
     kwargs = {}
     if args.spacing is not None:
         kwargs["spacing"] = tuple(args.spacing)
-    splits = phantom.make_dataset(args.out_dir, n_scans=args.scans, seed=args.seed, shape=tuple(args.shape),
+    shape = tuple(args.shape) if args.shape is not None else None
+    splits = phantom.make_dataset(args.out_dir, n_scans=args.scans, seed=args.seed, shape=shape, preset=args.preset,
                                   n_subsets=args.subsets, split=tuple(args.split), workers=args.workers,
                                   write_seg=not args.no_seg, progress=not args.quiet, **kwargs)
     print("wrote %d phantom scans to %s (full %d, weak %d, test %d)"
@@ -36,14 +37,23 @@ def add_phantom(sub):
     p = sub.add_parser("phantom", help="write a synthetic chest CT data set in LUNA16 layout",
                        description="Writes phantom chest CTs in LUNA16 layout: subsetK/<uid>.mhd/.raw, "
                        "seg-lungs-LUNA16/, annotations.csv, annotations_excluded.csv, seriesuids.csv, "
-                       "weak_labels.csv, annotations_lobes.csv, splits.json. Deterministic by --seed.")
+                       "weak_labels.csv, annotations_lobes.csv, annotations_types.csv, lookalikes.csv, "
+                       "splits.json. Adult chests with vessel and airway trees, fissures, LUNA16-like nodules "
+                       "(solid / part-solid / ground glass, juxtapleural / juxtavascular) and lookalikes. "
+                       "Deterministic by --seed.")
     p.add_argument("out_dir", help="output folder (created)")
     p.add_argument("--scans", type=_positive_int, default=10, help="number of scans (default 10)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--shape", type=_positive_int, nargs=3, default=[120, 160, 160], metavar=("Z", "Y", "X"),
-                   help="voxels per scan (default 120 160 160)")
+    p.add_argument("--preset", choices=["luna16", "demo"], default="luna16",
+                   help="field of view. luna16 (default): the whole chest, 512 x 512 pixels of 0.62-0.8 mm and "
+                   "~300-350 mm of 1.25-2.5 mm slices (~130-280 slices, 35-75 M voxels, ~10-30 s a scan). "
+                   "demo: a window of 128 x 128 pixels of 0.7-0.8 mm (90-102 mm) by 64-80 mm of slices onto "
+                   "one lung of the same chest (0.4-1.1 M voxels; 0.4-0.7 M after `deepem preprocess`; "
+                   "~1-2 s a scan)")
+    p.add_argument("--shape", type=_positive_int, nargs=3, default=None, metavar=("Z", "Y", "X"),
+                   help="voxels per scan (default: the preset's field of view): a window of that size")
     p.add_argument("--spacing", type=float, nargs=3, default=None, metavar=("X", "Y", "Z"),
-                   help="voxel spacing in mm (default: random, about 0.7 0.7 1.25-2.5)")
+                   help="voxel spacing in mm (default: random, 0.62-0.8 in plane, 1.25-2.5 slices)")
     p.add_argument("--subsets", type=_positive_int, default=10, help="subset folders (default 10)")
     p.add_argument("--split", type=float, nargs=3, default=[0.5, 0.3, 0.2], metavar=("FULL", "WEAK", "TEST"),
                    help="fractions of fully labelled / weakly labelled / test scans (default 0.5 0.3 0.2)")
