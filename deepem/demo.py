@@ -13,11 +13,10 @@ detect, evaluate). The test split is read only by the final detection; model sel
 the validation split; the EM path never reads the weak scans' true boxes.
 """
 import json
-import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 
 import numpy as np
 

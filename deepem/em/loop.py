@@ -9,7 +9,6 @@ import os
 from typing import Optional
 
 import numpy as np
-import torch
 
 from ..data import datasets
 from ..train import checkpoint, config as cfg
