@@ -15,6 +15,7 @@ import torch
 
 from ..data import datasets, preprocess
 from ..infer import Detector
+from ..infer.detector import load_preprocessed
 from ..ops import em_map, em_posterior, em_sample, pseudo_boxes
 from ..train import distributed
 from .lobe import LobeModel, features
@@ -54,7 +55,7 @@ def run_estep(model, data_dir: str, uids: list, config, lobe: LobeModel, epoch: 
     mine = {}
     for i in range(ctx.rank, len(uids), ctx.world):
         uid = uids[i]
-        image, _, meta = datasets.load_scan(data_dir, uid)
+        image, _ = load_preprocessed(data_dir, uid)  # the image only: a weak scan's true boxes are never read
         weak = datasets.load_weak(data_dir, uid)
         mine[uid] = scan_proposals(detector, np.asarray(image), weak[:, 0], em.threshold, em.z_window, em.nms_iou)
     t_detect = time.perf_counter() - t0
