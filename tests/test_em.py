@@ -359,3 +359,15 @@ def test_two_process_gloo_run_gives_the_pseudo_boxes_of_one(data, init, whole, t
     assert (out / "pseudo_boxes/epoch_001.csv").read_text().startswith(",".join(CSV_COLUMNS) + "\n")
     state, reference = checkpoint.load(out / "last.pt"), checkpoint.load(whole / "last.pt")
     assert state["epoch"] == EPOCHS and set(state["em"]["boxes"]) == set(reference["em"]["boxes"])
+
+
+@pytest.mark.cuda
+def test_posterior_with_the_lobe_model_on_the_gpu(planted):
+    """em_fit keeps the lobe model on the run's device while proposals are gathered on the CPU."""
+    root, proposals = planted
+    config = em_config(root, ["em.method=map"])
+    lobe = LobeModel()
+    on_cpu = posterior_and_picks(root, ["two", "one"], proposals, lobe, config, epoch=0)
+    on_gpu = posterior_and_picks(root, ["two", "one"], proposals, lobe.to("cuda"), config, epoch=0)
+    assert [r[:3] for r in on_gpu.rows] == [r[:3] for r in on_cpu.rows]
+    assert [r[7] for r in on_gpu.rows] == pytest.approx([r[7] for r in on_cpu.rows], rel=1e-5)

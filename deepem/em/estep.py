@@ -108,7 +108,8 @@ def posterior_and_picks(data_dir, uids, proposals, lobe, config, epoch) -> EStep
             weak_z[b, : len(w)], weak_lobe[b, : len(w)], num_w[b] = torch.from_numpy(w[:, 0]), \
                 torch.from_numpy(w[:, 1]).long(), len(w)
             if len(p):
-                lobe_lp[b, : len(p)] = lobe.log_probs(features(p[:, 1:4], metas[b]["shape"]))
+                centres = p[:, 1:4].to(lobe.linear.weight.device)  # the lobe model lives on the run's device
+                lobe_lp[b, : len(p)] = lobe.log_probs(features(centres, metas[b]["shape"])).cpu()
     lp, has = em_posterior(props, num_p, weak_z, weak_lobe, num_w, lobe_lp if em.use_lobe else None,
                            mu=em.mu, sigma=em.sigma, z_window=em.z_window)
     picks = em_map(lp)[..., None] if em.method == "map" else em_sample(lp, em.k, seed=config.run.seed, offset=epoch)
