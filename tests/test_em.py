@@ -293,6 +293,12 @@ def test_resume_mid_em_reproduces_the_uninterrupted_run(data, init, whole, tmp_p
     assert_same_run(whole, tmp_path)
 
 
+def test_em_without_a_start_is_refused(data, tmp_path):
+    """--resume auto on a fresh folder without --init would run EM from random weights."""
+    with pytest.raises(FileNotFoundError, match="no init"):
+        run_em(data[0], tmp_path, init=None, resume="auto")
+
+
 def test_weak_scans_true_boxes_are_never_read(data, init, whole, tmp_path, monkeypatch):
     """The weak scans' <uid>_label.npy moved (shifted and enlarged) on disk: the EM run is the
     same, and no E-step or M-step opens them."""
