@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from .data import io, phantom, preprocess, tables
+from .data.atomic import atomic_write
 from .train import config as cfg
 
 METHODS = ("baseline", "deepem_map", "deepem_sampling", "oracle")
@@ -77,8 +78,6 @@ class Stage:
         return None
 
     def finish(self, seconds, **info):
-        from .train.checkpoint import atomic_write
-
         record = {"seconds": seconds, **info}
         atomic_write(self.marker, lambda f: f.write(json.dumps(record, indent=1).encode()))
         return record
@@ -246,8 +245,6 @@ def markdown(results, title):
 
 
 def write_results(out, results):
-    from .train.checkpoint import atomic_write
-
     atomic_write(os.path.join(out, "results.json"), lambda f: f.write(json.dumps(results, indent=1).encode()))
     text = markdown(results, "DeepEM phantom benchmark (seed %d)" % results["seed"])
     atomic_write(os.path.join(out, "results.md"), lambda f: f.write(text.encode()))
@@ -282,8 +279,6 @@ def main(out, seed=0, seeds=1, quick=False, full=False, workers=2):
         folder = out if seeds == 1 else os.path.join(out, "seed_%d" % (seed + k))
         runs.append(run_once(folder, s, seed + k, workers))
     if seeds > 1:
-        from .train.checkpoint import atomic_write
-
         summary = {"seeds": [seed + k for k in range(seeds)], "methods": aggregate(runs),
                    "seconds_total": float(sum(r["seconds_total"] for r in runs))}
         atomic_write(os.path.join(out, "results.json"), lambda f: f.write(json.dumps(summary, indent=1).encode()))

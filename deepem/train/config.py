@@ -239,6 +239,6 @@ def validate(config: TrainConfig) -> None:
 
 
 def save_config(config: TrainConfig, path: str) -> None:
-    from .checkpoint import atomic_write
+    from ..data.atomic import atomic_write
 
     atomic_write(path, lambda f: f.write(yaml.safe_dump(to_dict(config), sort_keys=False).encode()))

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from ..data import datasets
+from ..data.atomic import atomic_write
 from ..model import DetectionLoss, Res18
 from . import checkpoint, distributed
 from .config import TrainConfig, save_config, to_dict
@@ -302,7 +303,7 @@ def plot_history(history, path) -> None:
     ax.set_ylabel("loss")
     ax.legend()
     fig.tight_layout()
-    checkpoint.atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
     plt.close(fig)
 
 
