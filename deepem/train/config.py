@@ -62,7 +62,7 @@ class RunConfig:
     threads: int = 0  # CPU threads for torch (0: torch's default)
     log_every: int = 10  # steps between metrics.jsonl lines
     val_every: int = 1  # epochs between validations
-    select: str = "loss"  # model selection on the validation split: loss | cpm (detect + LUNA16 FROC)
+    select: str = "cpm"  # model selection on the validation split: cpm (detect + LUNA16 FROC) | loss
     progress: bool = True  # progress bars
 
 
