@@ -3,6 +3,7 @@ subparsers and sets `func` (args -> exit status); later subcommands append to CO
 
     deepem phantom OUT_DIR [--scans N] [--seed S] ...
     deepem preprocess DATA_ROOT OUT_DIR [--workers W] ...
+    deepem evaluate RESULTS.csv --annotations A.csv --out DIR [--seriesuids S.csv] ...
     deepem detect CHECKPOINT (--data DIR | --scans PATH...) --out DIR ...
 """
 import argparse
@@ -23,7 +24,8 @@ def _phantom(args):
     kwargs = {}
     if args.spacing is not None:
         kwargs["spacing"] = tuple(args.spacing)
-    splits = phantom.make_dataset(args.out_dir, n_scans=args.scans, seed=args.seed, shape=tuple(args.shape),
+    shape = tuple(args.shape) if args.shape is not None else None
+    splits = phantom.make_dataset(args.out_dir, n_scans=args.scans, seed=args.seed, shape=shape, preset=args.preset,
                                   n_subsets=args.subsets, split=tuple(args.split), workers=args.workers,
                                   write_seg=not args.no_seg, progress=not args.quiet, **kwargs)
     print("wrote %d phantom scans to %s (full %d, weak %d, test %d)"
@@ -35,14 +37,23 @@ def add_phantom(sub):
     p = sub.add_parser("phantom", help="write a synthetic chest CT data set in LUNA16 layout",
                        description="Writes phantom chest CTs in LUNA16 layout: subsetK/<uid>.mhd/.raw, "
                        "seg-lungs-LUNA16/, annotations.csv, annotations_excluded.csv, seriesuids.csv, "
-                       "weak_labels.csv, annotations_lobes.csv, splits.json. Deterministic by --seed.")
+                       "weak_labels.csv, annotations_lobes.csv, annotations_types.csv, lookalikes.csv, "
+                       "splits.json. Adult chests with vessel and airway trees, fissures, LUNA16-like nodules "
+                       "(solid / part-solid / ground glass, juxtapleural / juxtavascular) and lookalikes. "
+                       "Deterministic by --seed.")
     p.add_argument("out_dir", help="output folder (created)")
     p.add_argument("--scans", type=_positive_int, default=10, help="number of scans (default 10)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--shape", type=_positive_int, nargs=3, default=[120, 160, 160], metavar=("Z", "Y", "X"),
-                   help="voxels per scan (default 120 160 160)")
+    p.add_argument("--preset", choices=["luna16", "demo"], default="luna16",
+                   help="field of view. luna16 (default): the whole chest, 512 x 512 pixels of 0.62-0.8 mm and "
+                   "~300-350 mm of 1.25-2.5 mm slices (~130-280 slices, 35-75 M voxels, ~10-30 s a scan). "
+                   "demo: a window of 128 x 128 pixels of 0.7-0.8 mm (90-102 mm) by 64-80 mm of slices onto "
+                   "one lung of the same chest (0.4-1.1 M voxels; 0.4-0.7 M after `deepem preprocess`; "
+                   "~1-2 s a scan)")
+    p.add_argument("--shape", type=_positive_int, nargs=3, default=None, metavar=("Z", "Y", "X"),
+                   help="voxels per scan (default: the preset's field of view): a window of that size")
     p.add_argument("--spacing", type=float, nargs=3, default=None, metavar=("X", "Y", "Z"),
-                   help="voxel spacing in mm (default: random, about 0.7 0.7 1.25-2.5)")
+                   help="voxel spacing in mm (default: random, 0.62-0.8 in plane, 1.25-2.5 slices)")
     p.add_argument("--subsets", type=_positive_int, default=10, help="subset folders (default 10)")
     p.add_argument("--split", type=float, nargs=3, default=[0.5, 0.3, 0.2], metavar=("FULL", "WEAK", "TEST"),
                    help="fractions of fully labelled / weakly labelled / test scans (default 0.5 0.3 0.2)")
@@ -94,6 +105,129 @@ def add_preprocess(sub):
     p.add_argument("--strict", action="store_true", help="exit with status 1 when any scan failed")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_preprocess)
+
+
+def _train(args):
+    from .train import config as cfg
+    from .train import trainer
+
+    extra = {}
+    if args.data:
+        extra.setdefault("data", {})["root"] = args.data
+    if args.out:
+        extra.setdefault("run", {})["out"] = args.out
+    try:
+        config = cfg.load_config(args.config, args.preset, args.set, extra)
+        if not config.run.out:
+            raise cfg.ConfigError("no run folder: give --out or run.out")
+        t = trainer.fit(config, resume=args.resume)
+    except (cfg.ConfigError, FileNotFoundError, KeyError, trainer.NonFiniteLoss) as e:
+        print("deepem train: %s" % (e.args[0] if e.args else e), file=sys.stderr)
+        return 2
+    if t.ctx.main:
+        best = "none" if t.best is None else "%.4f (epoch %d)" % t.best
+        print("trained %d epochs -> %s (best validation metric %s)" % (config.optim.epochs, config.run.out, best))
+    return 0
+
+
+def _em(args):
+    from .em import em_fit
+    from .train import config as cfg
+    from .train import trainer
+
+    extra = {}
+    if args.data:
+        extra.setdefault("data", {})["root"] = args.data
+    if args.out:
+        extra.setdefault("run", {})["out"] = args.out
+    try:
+        config = cfg.load_config(args.config, args.preset, args.set, extra)
+        if not config.run.out:
+            raise cfg.ConfigError("no run folder: give --out or run.out")
+        if not (args.init or args.resume):
+            raise cfg.ConfigError("give --init (a supervised checkpoint, e.g. from deepem train) or --resume")
+        t = em_fit(config, init=args.init, resume=args.resume)
+    except (cfg.ConfigError, FileNotFoundError, KeyError, trainer.NonFiniteLoss) as e:
+        print("deepem em: %s" % (e.args[0] if e.args else e), file=sys.stderr)
+        return 2
+    if t.ctx.main:
+        print("EM trained %d epochs -> %s" % (config.optim.epochs, config.run.out))
+    return 0
+
+
+def add_em(sub):
+    p = sub.add_parser("em", help="DeepEM: EM training over weak labels from a supervised checkpoint",
+                       description="Each epoch: E-step (whole-scan detection of a share of the weak scans, "
+                       "posterior of every weak label over its proposals, MAP or sampled picks -> pseudo boxes, "
+                       "written to pseudo_boxes/epoch_NNN.csv), lobe model update, M-step (one pass over the weak "
+                       "scans with pseudo boxes, then one supervised epoch). Settings as deepem train, plus the em "
+                       "section (e.g. --set em.method=map). Multi-GPU: torchrun --nproc_per_node N -m deepem em ...")
+    p.add_argument("--init", help="supervised checkpoint to start from")
+    _common_train_args(p)
+    p.set_defaults(func=_em)
+
+
+def _common_train_args(p):
+    p.add_argument("--data", help="preprocessed folder (data.root)")
+    p.add_argument("--out", help="run folder (run.out)")
+    p.add_argument("--config", help="YAML config file")
+    p.add_argument("--preset", choices=sorted(__import__("deepem.train.config", fromlist=["PRESETS"]).PRESETS),
+                   help="starting settings: paper (GPU, the default values) or cpu (small model)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one setting (repeatable)")
+    p.add_argument("--resume", metavar="CHECKPOINT|auto",
+                   help="continue from a checkpoint; auto: the newest in the run folder, if any")
+
+
+def add_train(sub):
+    p = sub.add_parser("train", help="supervised training of the 3D Res18 detector",
+                       description="Trains DeepLung's 3D Res18 on the fully labelled split of a preprocessed "
+                       "folder. Settings: --preset, then --config YAML, then --set key=value (e.g. --set "
+                       "optim.lr=0.01). Writes config.yaml, checkpoints/, last.pt, best.pt (lowest validation "
+                       "loss), metrics.jsonl and loss.png to the run folder. Multi-GPU / multi-node: "
+                       "torchrun --nproc_per_node N -m deepem train ...")
+    _common_train_args(p)
+    p.set_defaults(func=_train)
+
+
+def _evaluate(args):
+    from .data.tables import TableError
+    from .eval import report
+
+    try:
+        _, lines = report.run(args.results, args.annotations, args.out, excluded=args.excluded,
+                              seriesuids=args.seriesuids, other=args.compare, bootstrap=args.bootstrap,
+                              seed=args.seed)
+    except (TableError, FileNotFoundError, ValueError) as e:
+        print("deepem evaluate: error: %s" % e, file=sys.stderr)
+        return 2
+    print("\n".join(lines))
+    return 0
+
+
+def _non_negative_int(text):
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be >= 0, got %s" % text)
+    return value
+
+
+def add_evaluate(sub):
+    p = sub.add_parser("evaluate", help="LUNA16 FROC / CPM of a results CSV, with bootstrap intervals",
+                       description="FROC and CPM exactly as LUNA16's noduleCADEvaluationLUNA16.py computes them "
+                       "(at most 100 marks a scan, hit = distance < radius, marks on excluded findings ignored), "
+                       "with 95%% intervals from resampling the scans. Writes DIR/froc.json, froc.png, froc.csv. "
+                       "With --compare, a paired bootstrap comparison of the two CPMs.")
+    p.add_argument("results", help="submission CSV: seriesuid,coordX,coordY,coordZ,probability (world mm)")
+    p.add_argument("--annotations", required=True, help="annotations.csv (seriesuid,coordX,coordY,coordZ,diameter_mm)")
+    p.add_argument("--excluded", help="annotations_excluded.csv: marks on these findings are ignored")
+    p.add_argument("--seriesuids", help="the scans that count, one uid a line (default: the scans named in the "
+                   "annotations and results files)")
+    p.add_argument("--out", required=True, help="output folder (created)")
+    p.add_argument("--compare", metavar="OTHER.csv", help="a second results CSV to compare with, paired by scan")
+    p.add_argument("--bootstrap", type=_non_negative_int, default=1000, help="resamples for the 95%% intervals "
+                   "(default 1000; 0: none)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    p.set_defaults(func=_evaluate)
 
 
 def _write_marks_csv(path, marks_by_uid, diameters_by_uid):
@@ -199,7 +333,7 @@ def add_detect(sub):
     p.set_defaults(func=_detect)
 
 
-COMMANDS = [add_phantom, add_preprocess, add_detect]
+COMMANDS = [add_phantom, add_preprocess, add_train, add_em, add_detect, add_evaluate]
 
 
 def build_parser():

@@ -1,4 +1,5 @@
-"""deepem.data.phantom: LUNA16 layout, realism checks, determinism by seed."""
+"""deepem.data.phantom: nodule statistics, placement, the image, LUNA16 layout, determinism."""
+import csv
 import filecmp
 import json
 import os
@@ -10,52 +11,143 @@ pytest.importorskip("scipy")
 pytest.importorskip("SimpleITK")
 
 from deepem.data import io, phantom, tables
+from deepem.data.phantom import anatomy
 
-SHAPE = (48, 80, 80)
+SMALL = (20, 64, 64)  # a small window: fast
 
 
 def test_scan_is_deterministic_by_seed():
-    a, seg_a, info_a = phantom.make_scan(3, 1, shape=SHAPE)
-    b, seg_b, info_b = phantom.make_scan(3, 1, shape=SHAPE)
-    c, _, _ = phantom.make_scan(4, 1, shape=SHAPE)
-    d, _, _ = phantom.make_scan(3, 2, shape=SHAPE)
+    a, seg_a, info_a = phantom.make_scan(3, 1, preset="demo", shape=SMALL)
+    b, seg_b, info_b = phantom.make_scan(3, 1, preset="demo", shape=SMALL)
+    c, _, _ = phantom.make_scan(4, 1, preset="demo", shape=SMALL)
+    d, _, _ = phantom.make_scan(3, 2, preset="demo", shape=SMALL)
     assert a.array.tobytes() == b.array.tobytes() and seg_a.tobytes() == seg_b.tobytes()
     assert a.origin == b.origin and a.spacing == b.spacing
     np.testing.assert_array_equal(info_a["nodules"], info_b["nodules"])
     assert not np.array_equal(a.array, c.array) and not np.array_equal(a.array, d.array)
 
 
-def test_scan_anatomy():
-    vol, seg, info = phantom.make_scan(5, 0, shape=SHAPE, n_nodules=3)
+def test_nodule_statistics_like_luna16():
+    """Drawn without images: 500 scans' counts, and their nodules' sizes and types."""
+    rng = np.random.default_rng(0)
+    opt = phantom.NoduleOptions()
+    counts = np.array([phantom.draw_count(rng, opt) for _ in range(500)])
+    assert 1.3 <= counts.mean() <= 1.8 and 0.15 <= (counts == 0).mean() <= 0.35 and counts.max() >= 4
+    nods = [phantom.draw_nodule(rng, opt) for _ in range(counts.sum())]
+    d = np.array([n["diameter"] for n in nods])
+    assert d.min() >= 3.0 and d.max() <= 30.0 and d.max() > 20
+    assert 7.0 <= d.mean() <= 9.0 and 5.5 <= np.median(d) <= 7.5
+    assert ((d >= 4) & (d <= 10)).mean() > 0.55  # most are 4-10 mm
+    assert 3.5 <= np.quantile(d, 0.1) <= 5.0 and 11.0 <= np.quantile(d, 0.9) <= 16.0
+    frac = lambda key, value: np.mean([n[key] == value for n in nods])  # noqa: E731
+    assert 0.65 <= frac("texture", "solid") <= 0.85
+    assert 0.05 <= frac("texture", "part-solid") <= 0.15 and 0.10 <= frac("texture", "ggo") <= 0.20
+    juxta = 1 - frac("attach", "isolated")
+    assert 0.2 <= juxta <= 0.33 and min(frac("attach", a) for a in phantom.ATTACHMENTS) > 0.02
+    assert min(frac("shape", s) for s in phantom.SHAPES) > 0.1
+    ggo = np.array([n["hu"] for n in nods if n["texture"] == "ggo"])
+    solid = np.array([n["hu"] for n in nods if n["texture"] == "solid"])
+    assert ggo.min() >= -650 and ggo.max() <= -300 and solid.min() >= -20 and solid.max() <= 60
+    spic = [n for n in nods if n["shape"] == "spiculated"]
+    assert all(len(n["spicules"]) >= 5 for n in spic)
+
+
+def test_nodules_are_placed_as_drawn():
+    """In demo windows (plans only, no image): each nodule wholly in the field of view, and
+    where its attachment says: touching the pleura, a fissure or a vessel, or clear of them."""
+    seen = set()
+    for index in range(4):
+        plan = phantom.plan_scan(7, index, preset="demo", n_nodules=4)
+        grid, chest = plan["grid"], plan["chest"]
+        assert len(plan["nodules"]) >= 3
+        for n in plan["nodules"]:
+            c, r = n["centre"], n["diameter"] / 2
+            assert np.all(c - r >= grid.corner_mm) and np.all(c + r <= grid.hi_mm)
+            lung = chest.lungs[n["lung"]]
+            inside = -anatomy.lung_sdf(chest, lung, *c)
+            assert n["lobe"] == anatomy.lobe_of(c, lung)
+            seen.add(n["attach"])
+            if n["attach"] == "pleural":
+                assert 0 <= inside <= r
+            elif n["attach"] == "fissure":
+                which = [abs(anatomy.fissure_distance(lung, *c, w)[0]) for w in ("oblique", "horizontal")]
+                assert min(which) <= r and inside > 0.8 * r
+            elif n["attach"] == "vascular":
+                t = plan["trees"][n["lung"]]
+                gap = min(np.min(np.linalg.norm(tr.points - c, axis=1) - tr.radii) for tr in t.values() if len(tr.points))
+                assert gap <= r and inside > r
+            else:
+                assert inside > r
+    assert len(seen) >= 3
+
+
+def test_nodule_is_where_its_annotation_says(tmp_path):
+    """On the written image: through each nodule's annotated centre the intensity profile
+    peaks and falls to half its contrast about one radius away on both sides, in x and y."""
+    stats = phantom.NoduleOptions(attachments=(1, 0, 0, 0), shapes=(1, 0, 0), median_mm=9.0)
+    found = 0
+    for index in range(3):
+        plan = phantom.plan_scan(2, index, preset="demo", n_nodules=3, options=phantom.Options(nodule_stats=stats))
+        vol, _, info = phantom.render_scan(plan)
+        io.write_image(vol, tmp_path / "scan.mhd")
+        img = io.read_image(tmp_path / "scan.mhd").array.astype(np.float64)
+        for (x, y, z, d), n in zip(info["nodules"], plan["nodules"]):
+            if d < 5:
+                continue
+            v = io.world_to_voxel([x, y, z], vol.origin, vol.spacing)
+            k, j, i = np.rint(v).astype(int)
+            sxy = vol.spacing[0]
+            lung = np.median(img[max(k - 1, 0):k + 2][img[max(k - 1, 0):k + 2] < -700])
+            half = lung + 0.5 * (n["hu"] - lung)  # (part-solid: the ground glass around the core)
+            reach = int(np.ceil((d / 2 + 4) / sxy))
+            for full, at in ((img[k, :, i], j), (img[k, j, :], i)):  # along y, along x
+                line = np.take(full, np.arange(-reach, reach + 1) + at, mode="clip")
+                line = np.convolve(line, np.ones(3) / 3, mode="same")  # tame the noise
+                centre = reach
+                assert line[centre - 1:centre + 2].max() > half
+                for side in (-1, 1):
+                    steps = np.arange(1, reach) * side + centre
+                    below = np.nonzero(line[steps] < half)[0]
+                    assert len(below), "profile never falls"
+                    edge_mm = (below[0] + 0.5) * sxy
+                    assert abs(edge_mm - d / 2) <= 0.6 + sxy, (edge_mm, d / 2, n["texture"])
+            found += 1
+    assert found >= 3
+
+
+def test_lobes_follow_the_fissures():
+    rng = np.random.default_rng(3)
+    chest = anatomy.draw_chest(rng)
+    right, left = chest.lungs
+    y, x = right.cy, right.cx
+    zo = anatomy.oblique_z(right, y, x)
+    assert anatomy.lobe_of([zo - 2, y, x], right) == 2 and anatomy.lobe_of([zo + 2, y, x], right) in (0, 1)
+    yf = right.cy - 0.8 * right.ay  # in front: above the oblique fissure, both sides of the horizontal
+    zh = anatomy.horizontal_z(right, yf)
+    assert anatomy.oblique_z(right, yf, x) < zh - 5
+    assert anatomy.lobe_of([zh + 2, yf, x], right) == 0 and anatomy.lobe_of([zh - 2, yf, x], right) == 1
+    assert anatomy.lobe_of([0.95 * left.height, left.cy, left.cx], left) == 3
+    assert anatomy.lobe_of([anatomy.oblique_z(left, left.cy, left.cx) - 2, left.cy, left.cx], left) == 5
+    yf = left.cy - 0.8 * left.ay
+    assert anatomy.lobe_of([left.hor_z - 2, yf, left.cx], left) == 4
+
+
+def test_whole_chest_anatomy():
+    """The LUNA16 preset's whole chest, at a coarse spacing to stay fast."""
+    vol, seg, info = phantom.make_scan(5, 0, spacing=(2.5, 2.5, 5.0), tree_points=300)
     a = vol.array
-    assert a.dtype == np.int16 and a.shape == SHAPE
-    sx, sy, sz = vol.spacing
-    assert sx == sy and 0.6 <= sx <= 0.8 and sz in phantom.Z_SPACINGS
-    assert all(abs(o) > 1 for o in vol.origin)
-    lungs = seg > 0
-    assert set(np.unique(seg)) == {0, phantom.SEG_RIGHT, phantom.SEG_LEFT}
-    assert -950 < np.median(a[lungs]) < -750  # lung parenchyma
-    assert a[0, 0, 0] < -900  # air outside the body
-    assert a.max() > 300  # bone
-    # right lung (seg 3) at smaller world x than the left (LPS)
+    assert a.dtype == np.int16 and a.shape[1] == a.shape[2] and 125 <= a.shape[1] <= 165
+    labels = set(np.unique(seg))
+    assert labels == {0, phantom.SEG_RIGHT, phantom.SEG_LEFT}
+    litres = (seg > 0).sum() * np.prod(vol.spacing) / 1e6
+    assert 4.0 <= litres <= 7.5  # adult lungs
+    assert -900 < np.median(a[seg > 0]) < -750
+    assert a[:, 0, 0].max() < -900 and a.max() > 300  # air around the body; bone
     xr = io.voxel_to_world(np.argwhere(seg == 3).mean(0), vol.origin, vol.spacing)[0]
     xl = io.voxel_to_world(np.argwhere(seg == 4).mean(0), vol.origin, vol.spacing)[0]
-    assert xr < xl
-    assert len(info["nodules"]) >= 2
-    for (x, y, z, d), lobe in zip(info["nodules"], info["lobes"]):
-        assert 3 <= d <= 30 and 0 <= lobe <= 5
-        v = np.round(vol.world_to_voxel([x, y, z])).astype(int)
-        assert a[tuple(v)] > -600  # the nodule is there, denser than the lung around it
-
-
-def test_lobe_of():
-    lung = phantom.Lung(np.zeros(3), np.array([100.0, 50.0, 40.0]), right=True)
-    assert phantom.lobe_of([90, 0, 0], lung) == 0  # apex: right upper
-    assert phantom.lobe_of([0, -45, 0], lung) == 1  # mid, front: right middle
-    assert phantom.lobe_of([-90, 0, 0], lung) == 2  # base: right lower
-    assert phantom.lobe_of([40, 45, 0], lung) == 2  # high at the back: lower lobe
-    left = phantom.Lung(np.zeros(3), np.array([100.0, 50.0, 40.0]), right=False)
-    assert [phantom.lobe_of(p, left) for p in ([90, 0, 0], [0, -45, 0], [-90, 0, 0])] == [3, 4, 5]
+    assert xr < xl  # right lung at smaller world x (LPS)
+    extent = np.asarray(a.shape) * vol.spacing_zyx
+    assert 280 <= extent[0] <= 380 and 300 <= extent[1] <= 420
 
 
 def test_split_names():
@@ -67,10 +159,15 @@ def test_split_names():
         phantom.split_names(4, (1, -1, 1))
 
 
+def test_unknown_preset():
+    with pytest.raises(ValueError, match="preset"):
+        phantom.make_scan(0, 0, preset="huge")
+
+
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     out = tmp_path_factory.mktemp("phantom")
-    splits = phantom.make_dataset(out / "a", n_scans=5, seed=11, shape=SHAPE, n_subsets=3)
+    splits = phantom.make_dataset(out / "a", n_scans=5, seed=11, shape=SMALL, n_subsets=3, preset="demo")
     return out, splits
 
 
@@ -80,12 +177,22 @@ def test_dataset_layout(dataset):
     uids = tables.read_seriesuids(root / "seriesuids.csv")
     assert len(uids) == 5 and sorted(sum(splits.values(), [])) == sorted(uids)
     assert json.loads((root / "splits.json").read_text()) == splits
+    assert json.loads((root / "phantom.json").read_text())["preset"] == "demo"
     for uid in uids:
         hits = [s for s in ("subset0", "subset1", "subset2") if (root / s / (uid + ".mhd")).exists()]
         assert len(hits) == 1 and (root / hits[0] / (uid + ".raw")).exists()
         assert (root / "seg-lungs-LUNA16" / (uid + ".mhd")).exists()
+    with open(root / "annotations.csv") as f:
+        assert next(csv.reader(f)) == ["seriesuid", "coordX", "coordY", "coordZ", "diameter_mm"]
     ann = tables.read_annotations(root / "annotations.csv")
     tables.read_annotations(root / "annotations_excluded.csv", excluded=True)
+    with open(root / "annotations_types.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == sum(len(a) for a in ann.values())
+    for r in rows:
+        assert r["texture"] in phantom.TEXTURES and r["attachment"] in phantom.ATTACHMENTS
+        assert r["shape"] in phantom.SHAPES
+        assert float(r["diameter_mm"]) in ann[r["seriesuid"]][:, 3]
     weak = tables.read_weak_labels(root / "weak_labels.csv")
     assert set(weak) <= set(splits["weak"])
     for uid, w in weak.items():  # weak labels are the annotations' z and a lobe
@@ -98,7 +205,7 @@ def test_dataset_layout(dataset):
 
 def test_dataset_is_deterministic_with_workers(dataset):
     out, _ = dataset
-    phantom.make_dataset(out / "b", n_scans=5, seed=11, shape=SHAPE, n_subsets=3, workers=2)
+    phantom.make_dataset(out / "b", n_scans=5, seed=11, shape=SMALL, n_subsets=3, preset="demo", workers=2)
     cmp = filecmp.dircmp(out / "a", out / "b")
     for dirpath, _, files in os.walk(out / "a"):
         for f in files:

@@ -133,12 +133,18 @@ class CropDataset(torch.utils.data.Dataset):
     def _scan_boxes(self, uid):
         return np.load(os.path.join(self.data_dir, uid + "_label.npy")).astype(np.float32).reshape(-1, 4)
 
-    def set_boxes(self, boxes=None):
-        """Sets the boxes to sample around ({uid: [N, 4]}; None: the scans' labels)."""
-        self.boxes = {}
+    def set_boxes(self, boxes=None, weights=None):
+        """Sets the boxes to sample around ({uid: [N, 4]}; None: the scans' labels) and their
+        loss weights ({uid: [N]}; None: 1), which items carry as 'weights'."""
+        self.boxes, self.weights = {}, {}
         for uid in self.uids:
             b = self._scan_boxes(uid) if boxes is None else boxes.get(uid, np.zeros((0, 4)))
             self.boxes[uid] = np.asarray(b, dtype=np.float32).reshape(-1, 4)
+            w = None if weights is None else weights.get(uid)
+            w = np.ones(len(self.boxes[uid])) if w is None else np.asarray(w, dtype=np.float32).reshape(-1)
+            if len(w) != len(self.boxes[uid]):
+                raise ValueError("scan %s: %d weights for %d boxes" % (uid, len(w), len(self.boxes[uid])))
+            self.weights[uid] = w.astype(np.float32)
         self.samples = []
         for uid in self.uids:
             b = self.boxes[uid]
@@ -211,13 +217,14 @@ class CropDataset(torch.utils.data.Dataset):
                     boxes[:, axis] = self.crop[axis] - 1 - boxes[:, axis]
         half = boxes[:, 3:] / 2
         keep = np.all((boxes[:, :3] + half > -0.5) & (boxes[:, :3] - half < self.crop - 0.5), axis=1)
-        return self._item(uid, crop, coord, boxes[keep], start, scale, flip)
+        return self._item(uid, crop, coord, boxes[keep], start, scale, flip, self.weights[uid][keep])
 
-    def _item(self, uid, crop, coord, boxes, start, scale, flip):
+    def _item(self, uid, crop, coord, boxes, start, scale, flip, weights):
         return {
             "image": torch.from_numpy(normalize(np.ascontiguousarray(crop))[None]),
             "coord": torch.from_numpy(np.ascontiguousarray(coord)),
             "boxes": torch.from_numpy(boxes.astype(np.float32)),
+            "weights": torch.from_numpy(weights.astype(np.float32)),
             "uid": uid,
             "start": torch.from_numpy(np.asarray(start, dtype=np.float32)),
             "scale": float(scale),
@@ -235,14 +242,14 @@ class WeakCropDataset(CropDataset):
         self._weak = {u: load_weak(data_dir, u) for u in uids}
         super().__init__(data_dir, uids, boxes=pseudo_boxes or {}, **kwargs)
 
-    def set_pseudo_boxes(self, pseudo_boxes):
-        self.set_boxes(pseudo_boxes or {})
+    def set_pseudo_boxes(self, pseudo_boxes, weights=None):
+        self.set_boxes(pseudo_boxes or {}, weights)
 
     def weak_labels(self, uid):
         return self._weak[uid]
 
-    def _item(self, uid, crop, coord, boxes, start, scale, flip):
-        item = super()._item(uid, crop, coord, boxes, start, scale, flip)
+    def _item(self, uid, crop, coord, boxes, start, scale, flip, weights):
+        item = super()._item(uid, crop, coord, boxes, start, scale, flip, weights)
         z = (self._weak[uid][:, 0].astype(np.float64) - start[0]) * scale
         item["weak_z"] = torch.from_numpy(z.astype(np.float32))
         return item

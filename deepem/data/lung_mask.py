@@ -17,9 +17,11 @@ def lungs_from_seg(seg: np.ndarray):
 
 
 def segment_lungs(hu: np.ndarray, spacing_zyx, threshold: float = -600.0, min_volume_ml: float = 5.0,
-                  second_fraction: float = 0.1):
+                  second_fraction: float = 0.1, outside_hu: float = -950.0):
     """Threshold segmentation: air below `threshold` HU, minus the air outside the body (air
-    components touching the in-plane border of any slice), smoothed per slice; the two largest
+    components touching the in-plane border of any slice whose mean is below `outside_hu`:
+    room air is about -1000 HU, lung -900 to -700, so a field of view that cuts through a lung
+    keeps it), smoothed per slice; the two largest
     remaining 3D components are the lungs: the largest (at least `min_volume_ml`) and the next
     when it is at least `second_fraction` of it (else the lungs touch and it is gas elsewhere).
     Returns (a, b) boolean masks ordered by centroid x, b empty when there is one component."""
@@ -34,6 +36,10 @@ def segment_lungs(hu: np.ndarray, spacing_zyx, threshold: float = -600.0, min_vo
     for face in (labels[:, 0, :], labels[:, -1, :], labels[:, :, 0], labels[:, :, -1]):
         border[np.unique(face)] = True
     border[0] = True
+    touching = np.nonzero(border[1:])[0] + 1
+    if len(touching):  # a lung cut by the field of view touches the border too: keep it
+        means = np.asarray(ndimage.mean(hu, labels, touching))
+        border[touching[means >= outside_hu]] = False
     sizes = np.bincount(labels.reshape(-1), minlength=n + 1).astype(np.float64)
     sizes[border] = 0
     voxel_ml = float(np.prod(spacing_zyx)) / 1000.0
