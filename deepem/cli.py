@@ -232,31 +232,9 @@ def add_evaluate(sub):
 
 def _write_marks_csv(path, marks_by_uid, diameters_by_uid):
     """LUNA16 submission CSV through deepem.eval (the CSV's one writer); infer never imports eval."""
-    try:
-        from .eval.froc import write_marks
-    except ImportError:  # TODO: drop this fallback once deepem.eval (branch eval) is merged
-        write_marks = _write_marks_fallback
+    from .eval.froc import write_marks
+
     write_marks(path, marks_by_uid, diameters_by_uid)
-
-
-def _write_marks_fallback(path, marks, diameters=None):
-    import csv
-
-    folder = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(folder, ".tmp-%d-%s" % (os.getpid(), os.path.basename(path)))
-    try:
-        with open(tmp, "w", newline="") as f:
-            w = csv.writer(f, lineterminator="\n")
-            w.writerow(["seriesuid", "coordX", "coordY", "coordZ", "probability"]
-                       + (["diameter_mm"] if diameters is not None else []))
-            for uid, rows in marks.items():
-                d = list(diameters[uid]) if diameters is not None else None
-                for i, row in enumerate(rows):
-                    w.writerow([uid] + [repr(float(v)) for v in row] + ([repr(float(d[i]))] if d is not None else []))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def _detect(args):

@@ -46,7 +46,7 @@ def scans(tmp_path_factory):
     root = tmp_path_factory.mktemp("scans")
     paths = []
     for i in range(2):
-        vol, _, info = phantom.make_scan(7, i, shape=SHAPE, n_vessels=2, n_distractors=0, n_nodules=2)
+        vol, _, info = phantom.make_scan(7, i, shape=SHAPE, n_nodules=2, vessels=False, lookalike_rates=None)
         path = root / ("scan%d.mhd" % i)
         io.write_image(vol, path)
         paths.append(path)
