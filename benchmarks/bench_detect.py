@@ -7,10 +7,12 @@ threshold, nms3d).
     python benchmarks/bench_detect.py [--json PATH] [--widths 0.25 1] [--tiles N] [--full]
                                       [--candidates K] [--threads T] [--device cpu|cuda] [--amp bf16]
 
-Cases: a phantom scan (deepem.data.phantom's default 120 x 160 x 160 source voxels, preprocessed
-from its .mhd) and a LUNA16-size volume (that phantom's preprocessed scan resampled to 300 x 250 x
-350 voxels: realistic content, geometry approximate). Random weights (timing only). Each
-(case, width) runs in its own process, so peak RSS (getrusage) is that case's.
+Cases: a phantom scan (deepem.data.phantom's 'demo' preset, a 128 x 128 x ~60 voxel window onto
+one lung, preprocessed from its .mhd: the CPU demo's scans) and a LUNA16-size volume (that
+scan's preprocessed volume resampled to 300 x 250 x 350 voxels: real image content, geometry
+approximate; --real-luna makes a whole-chest phantom instead, minutes more). Random weights
+(timing only). Each (case, width) runs in its own process, so peak RSS (getrusage) is that
+case's.
 
 A LUNA16-size scan is 18 equal tiles (3 x 2 x 3 of 112 x 128 x 128 + 2 x 32 margin). Its
 network time is measured on --tiles of them (default 1) and scaled to all (stated in the
@@ -19,7 +21,7 @@ copy, so no two anchors tie), so post-processing still sees a whole-scan output 
 network values. --full runs every tile (phantom scans always run whole).
 
 Random weights put logits anywhere; to time post-processing at a realistic load, the logits
-are shifted so that --candidates anchors (default 2000 per scan) lie above the -2 threshold.
+are shifted so that --candidates anchors (default 1000 per scan) lie above the -2 threshold.
 Both post-processing paths then keep diameter > 3 mm, NMS at IoU 0.1 and the best 100; the
 script checks that they return the same marks.
 """
@@ -109,14 +111,26 @@ def deeplung_post(output_np):
 
 # ---- inputs ----
 
-def prepare(folder, seed=0):
+def prepare(folder, seed=0, real_luna=False):
     """The phantom scan (.mhd), its preprocessed scan, and the LUNA16-size volume, in `folder`."""
-    vol, _, _ = phantom.make_scan(seed, 0)
+    vol, _, _ = phantom.make_scan(seed, 0, preset="demo")
     path = os.path.join(folder, "phantom.mhd")
     io.write_image(vol, path)
     t0 = time.perf_counter()
     meta = preprocess.preprocess_scan(path, folder, "phantom")
     raw_seconds = time.perf_counter() - t0
+    info = {"phantom_source_shape": list(vol.array.shape), "phantom_spacing": list(vol.spacing),
+            "phantom_shape": meta["shape"], "raw_preprocess_s": raw_seconds}
+    if real_luna:  # a whole-chest phantom at 512 x 512 pixels (minutes to make and preprocess)
+        big_vol, _, _ = phantom.make_scan(seed, 0, preset="luna16")
+        path = os.path.join(folder, "luna.mhd")
+        io.write_image(big_vol, path)
+        t0 = time.perf_counter()
+        preprocess.preprocess_scan(path, folder, "luna")
+        info.update(luna_source_shape=list(big_vol.array.shape), luna_raw_preprocess_s=time.perf_counter() - t0,
+                    luna_shape=list(np.load(os.path.join(folder, "luna_clean.npy"), mmap_mode="r").shape),
+                    luna_input="phantom luna16 preset, preprocessed")
+        return info
     from scipy import ndimage
 
     image = np.load(os.path.join(folder, "phantom_clean.npy"))
@@ -127,8 +141,8 @@ def prepare(folder, seed=0):
     np.save(os.path.join(folder, "luna_clean.npy"), big)
     with open(os.path.join(folder, "luna_meta.json"), "w") as f:
         json.dump(luna_meta, f)
-    return {"phantom_source_shape": list(vol.array.shape), "phantom_spacing": list(vol.spacing),
-            "phantom_shape": meta["shape"], "luna_shape": list(big.shape), "raw_preprocess_s": raw_seconds}
+    info.update(luna_shape=list(big.shape), luna_input="the phantom's preprocessed scan resampled (linear)")
+    return info
 
 
 # ---- one (case, width) in a child process ----
@@ -189,6 +203,10 @@ def child(args):
         return det.postprocess(det.decode(out), resolution=1.0)
 
     t_post = timeit(ours, min_runs=3, max_runs=20, budget=1.0, cuda=det.device.type == "cuda")
+    cand = det.decode(out)
+    t_decode = timeit(lambda: det.decode(out), min_runs=3, max_runs=20, budget=0.5, cuda=det.device.type == "cuda")
+    t_nms = timeit(lambda: det.postprocess(cand, resolution=1.0), min_runs=3, max_runs=20, budget=0.5,
+                   cuda=det.device.type == "cuda")
     kept = ours()
     t_map = timeit(lambda: Marks.from_grid(kept, meta, case), min_runs=3, max_runs=20, budget=0.2)
     out_np = out.cpu().numpy()
@@ -205,6 +223,7 @@ def child(args):
             "candidates": int(k), "marks": int(len(ours_np)), "same_marks_as_deeplung_path": bool(same),
             "seconds": {"read": t_read, "network": t_net, "postprocess": t_post, "mapping": t_map, "total": total,
                         "deeplung_postprocess": t_deeplung},
+            "postprocess_parts": {"decode_threshold": t_decode, "diameter_nms_cap": t_nms},
             "postprocess_speedup": t_deeplung / t_post, "postprocess_share": t_post / total,
             "peak_rss_mb": peak, "rss_after_setup_mb": rss_base, "gpu_peak_mb": gpu_peak}
 
@@ -217,8 +236,11 @@ def main(argv=None):
     ap.add_argument("--tiles", type=int, default=1,
                     help="tiles of the LUNA16-size scan timed, then scaled to all (default 1)")
     ap.add_argument("--full", action="store_true", help="run every tile of every scan")
-    ap.add_argument("--candidates", type=int, default=2000, help="anchors above the threshold (default 2000)")
+    ap.add_argument("--candidates", type=int, default=1000, help="anchors above the threshold (default 1000)")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    ap.add_argument("--real-luna", action="store_true",
+                    help="LUNA16-size case from the phantom's luna16 preset (512 x 512 pixels), not a resampled "
+                    "demo scan (adds minutes)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"])
     ap.add_argument("--case", help=argparse.SUPPRESS)
@@ -239,7 +261,7 @@ def main(argv=None):
     print("detection benchmark: %s, %d threads, load average %.1f" % (args.device, threads,
           info["load_average_1min"] or 0), file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="bench-detect-") as folder:
-        results["inputs"] = prepare(folder)
+        results["inputs"] = prepare(folder, real_luna=args.real_luna)
         for case in args.cases:
             for width in args.widths:
                 cmd = [sys.executable, os.path.abspath(__file__), "--case", case, "--width", repr(width),
@@ -266,10 +288,16 @@ def main(argv=None):
                  "DeepLung post s", "post speedup", "post share", "peak RSS MB", "same marks"], rows, left=(0,))
     inp = results["inputs"]
     print("phantom: %s source voxels, spacing %s mm -> %s preprocessed (raw preprocessing %.1f s, not in s/scan); "
-          "LUNA16-size: %s; %d candidates above the threshold per scan"
+          "LUNA16-size: %s (%s); %d candidates above the threshold per scan"
           % ("x".join(map(str, inp["phantom_source_shape"])), "x".join("%.3g" % v for v in inp["phantom_spacing"]),
              "x".join(map(str, inp["phantom_shape"])), inp["raw_preprocess_s"], "x".join(map(str, inp["luna_shape"])),
-             args.candidates))
+             inp["luna_input"], args.candidates))
+    for r in results["runs"]:
+        p = r["postprocess_parts"]
+        print("%s width %g: post-processing = decode + threshold %.1f ms, diameter + NMS + cap %.1f ms; "
+              "network %s" % (r["case"], r["width"], p["decode_threshold"] * 1e3, p["diameter_nms_cap"] * 1e3,
+                              "timed on %d of %d tiles, scaled" % (r["tiles_timed"], r["tiles"])
+                              if r["tiles_timed"] < r["tiles"] else "all tiles"))
     if args.json:
         write_json(args.json, results)
         print("wrote %s" % args.json, file=sys.stderr)
