@@ -244,9 +244,7 @@ def _detect(args):
     try:
         if args.data:
             if args.split:
-                if not args.splits:
-                    raise ValueError("--split needs --splits JSON")
-                uids = run.split_uids(args.split, args.splits)
+                uids = run.split_uids(args.split, args.splits or os.path.join(args.data, "splits.json"))
             elif args.uids:
                 from .data import tables
 
@@ -293,7 +291,7 @@ def add_detect(sub):
                      help="raw scans: .mhd, .nii/.nii.gz, DICOM series folders, or folders of them "
                      "(preprocessed inside)")
     p.add_argument("--split", help="with --data: a split name in --splits")
-    p.add_argument("--splits", help="splits JSON ({name: [seriesuids]})")
+    p.add_argument("--splits", help="splits JSON ({name: [seriesuids]}; default DATA/splits.json)")
     p.add_argument("--uids", help="with --data: a file with one seriesuid a line")
     p.add_argument("--seg-dir", help="with --scans: LUNA16 lung masks (<uid>.mhd) to use instead of thresholding")
     p.add_argument("--out", required=True, help="run folder (created)")

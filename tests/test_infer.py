@@ -323,3 +323,14 @@ def test_bf16_autocast_gives_a_float32_output():
     out = Detector(model, margin=8, amp="bf16").network_output(image)
     assert out.dtype == torch.float32 and out.shape == ref.shape and torch.isfinite(out).all()
     assert (out - ref).abs().max() < 0.5
+
+
+def test_cli_detect_bad_split_or_checkpoint_is_a_usage_error(scans, checkpoint, tmp_path, capsys):
+    splits = tmp_path / "splits.json"
+    splits.write_text(json.dumps({"test": ["scan0"]}))
+    rc = cli.main(["detect", str(checkpoint), "--data", str(scans["pre"]), "--split", "val", "--splits", str(splits),
+                   "--out", str(tmp_path / "run"), "--quiet"])
+    assert rc == 2 and "split 'val' is not in" in capsys.readouterr().err
+    rc = cli.main(["detect", str(tmp_path / "none.pt"), "--data", str(scans["pre"]), "--out", str(tmp_path / "run"),
+                   "--quiet"])
+    assert rc == 2 and "none.pt" in capsys.readouterr().err
