@@ -28,7 +28,6 @@ script checks that they return the same marks.
 """
 import argparse
 import json
-import math
 import os
 import resource
 import subprocess
@@ -101,12 +100,6 @@ def deeplung_nms(output, nms_th):
         if flag == 1:
             bboxes.append(bbox)
     return np.asarray(bboxes, np.float32)
-
-
-def deeplung_post(output_np):
-    pbb = deeplung_getpbb(output_np, THRESHOLD)
-    pbb = pbb[pbb[:, 4] > MIN_D]
-    return deeplung_nms(pbb, NMS_IOU)[:MAX_MARKS]
 
 
 # ---- inputs ----
@@ -224,8 +217,11 @@ def child(args):
     t_map = timeit(lambda: Marks.from_grid(kept, meta, case), min_runs=3, max_runs=20, budget=0.2)
     out_np = out.cpu().numpy()
     t0 = time.perf_counter()
-    theirs = deeplung_post(out_np)
-    t_deeplung = time.perf_counter() - t0
+    pbb = deeplung_getpbb(out_np, THRESHOLD)
+    t1 = time.perf_counter()
+    theirs = deeplung_nms(pbb[pbb[:, 4] > MIN_D], NMS_IOU)[:MAX_MARKS]
+    t2 = time.perf_counter()
+    t_deeplung = t2 - t0
     ours_np = kept.cpu().numpy()
     same = len(theirs) == len(ours_np) and np.allclose(theirs, ours_np, rtol=1e-4, atol=1e-3)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -237,6 +233,7 @@ def child(args):
             "seconds": {"read": t_read, "network": t_net, "postprocess": t_post, "mapping": t_map, "total": total,
                         "deeplung_postprocess": t_deeplung},
             "postprocess_parts": {"decode_threshold": t_decode, "diameter_nms_cap": t_nms},
+            "deeplung_parts": {"decode_all_threshold": t1 - t0, "diameter_python_nms_cap": t2 - t1},
             "postprocess_speedup": t_deeplung / t_post, "postprocess_share": t_post / total,
             "peak_rss_mb": peak, "rss_after_setup_mb": rss_base, "gpu_peak_mb": gpu_peak}
 
@@ -307,8 +304,11 @@ def main(argv=None):
              inp["luna_input"], args.candidates))
     for r in results["runs"]:
         p = r["postprocess_parts"]
-        print("%s width %g: post-processing = decode + threshold %.1f ms, diameter + NMS + cap %.1f ms; "
-              "network %s" % (r["case"], r["width"], p["decode_threshold"] * 1e3, p["diameter_nms_cap"] * 1e3,
+        q = r["deeplung_parts"]
+        print("%s width %g: post-processing = decode + threshold %.1f ms, diameter + NMS + cap %.1f ms "
+              "(DeepLung: %.0f ms, %.0f ms; %d marks); network %s"
+              % (r["case"], r["width"], p["decode_threshold"] * 1e3, p["diameter_nms_cap"] * 1e3,
+                 q["decode_all_threshold"] * 1e3, q["diameter_python_nms_cap"] * 1e3, r["marks"],
                               "timed on %d of %d tiles, scaled" % (r["tiles_timed"], r["tiles"])
                               if r["tiles_timed"] < r["tiles"] else "all tiles"))
     if args.json:
