@@ -288,7 +288,9 @@ def main(argv=None):
     rows = []
     for r in results["runs"]:
         s = r["seconds"]
-        tiles = "%d" % r["tiles"] if r["tiles_timed"] == r["tiles"] else "%d (%d timed)" % (r["tiles"], r["tiles_timed"])
+        tiles = "%d" % r["tiles"]
+        if r["tiles_timed"] < r["tiles"]:
+            tiles += " (%d timed)" % r["tiles_timed"]
         rows.append([r["case"], "x".join(map(str, r["shape"])), "%g" % r["width"], tiles, "%.2f" % s["total"],
                      "%.3f" % s["read"], "%.2f" % s["network"], "%.1f" % (s["postprocess"] * 1e3),
                      "%.2f" % (s["mapping"] * 1e3), "%.2f" % s["deeplung_postprocess"],

@@ -46,10 +46,10 @@ def anchors_at(grid, index: Tensor, dtype=torch.float32) -> Tensor:
 
 def above(logits: Tensor, threshold: float) -> Tensor:
     """Flat indices (int64, ascending) of the logits [D, H, W, A] that are > threshold."""
-    mask = logits > threshold
-    if mask.device.type == "cpu":  # numpy's flatnonzero: ~7x faster than torch.nonzero on CPU
-        return torch.from_numpy(np.flatnonzero(mask.numpy()))
-    return torch.nonzero(mask.reshape(-1)).squeeze(1)
+    if logits.device.type == "cpu" and logits.dtype in (torch.float32, torch.float64):
+        # numpy's compare and flatnonzero: ~6x faster than torch's gt and nonzero on one core
+        return torch.from_numpy(np.flatnonzero(logits.detach().numpy() > threshold))
+    return torch.nonzero((logits > threshold).reshape(-1)).squeeze(1)
 
 
 def decode(output: Tensor, threshold: float = -2.0, sizes=DEEPLUNG_SIZES, stride=STRIDE) -> Tensor:
