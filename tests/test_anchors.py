@@ -396,6 +396,19 @@ def test_label_positive_at_exactly_the_threshold(dtype, device):
         assert int(_label(gt, grid, op, num_neg=-1, pos_threshold=0.5 + 1e-6)[3][0, 0]) == -1
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_label_negative_only_below_the_threshold(dtype, device):
+    # The GT above and the 10 mm anchor at cell (6, 3, 3): inter 600, union 2400, IoU exactly
+    # 0.25. Negative means IoU < neg_threshold: ignored at 0.25, negative just above.
+    grid = GRIDS[0]
+    gt = torch.tensor([[[24.5, 8.5, 8.5, 44.5, 18.5, 18.5]]], dtype=dtype, device=device)
+    k = ((6 * 8 + 3) * 8 + 3) * 3 + 1
+    for op in ("label", "emulated") if device.type == "cpu" else ("label",):
+        out = _label(gt, grid, op, num_neg=-1, neg_threshold=0.25)
+        assert float(out[1][0, k]) == 0.25 and int(out[0][0, k]) == -1
+        assert int(_label(gt, grid, op, num_neg=-1, neg_threshold=0.25 + 1e-6)[0][0, k]) == 0
+
+
 def test_label_seeded_determinism_and_uniform_choice():
     grid = GRIDS[0]
     # an 18 mm nodule centred between 8 cells: their 20 mm anchors are the candidates
