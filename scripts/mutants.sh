@@ -47,9 +47,11 @@ mkdir -p "$DIR"
 LOG="$DIR/mutants.log"
 : >"$LOG"
 # A run stopped while a mutant was applied left that file changed: the copy below restores it
-# with its old time stamp, so touch it afterwards to make ninja rebuild what it compiled into.
+# with its old time stamp, so touch it afterwards to make ninja rebuild what it went into.
 stale="$(cat "$DIR/.mutant-applied" 2>/dev/null || true)"
-(cd "$ROOT" && git ls-files -z -co --exclude-standard) | rsync -a --from0 --files-from=- "$ROOT/" "$DIR/"
+# Tracked and untracked (not ignored) files, with their time stamps (unchanged files do not
+# rebuild).
+(cd "$ROOT" && git ls-files -z -co --exclude-standard | tar --null -T - -cf -) | tar -xpf - -C "$DIR"
 [[ -n "$stale" ]] && touch "$DIR/$stale"
 rm -f "$DIR/.mutant-applied"
 
