@@ -244,7 +244,8 @@ def test_million_boxes_run_in_linear_memory():
     assert 0 < len(kept) < n
     assert np.all(scores.numpy()[kept][1:] <= scores.numpy()[kept][:-1])
     # Greedy NMS keeps a box exactly when no box kept before it (in NMS order) suppresses it:
-    # check that on samples of kept and of dropped boxes, against every kept box.
+    # check that on samples of kept and of dropped boxes, against every kept box that can
+    # overlap them.
     rank = np.empty(n, np.int64)
     rank[np.argsort(-scores.numpy(), kind="stable")] = np.arange(n)
     is_kept = np.zeros(n, bool)
