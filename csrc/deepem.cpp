@@ -16,6 +16,10 @@ constexpr const char* kSchemas[] = {
     // its launch grid, so that CI without a GPU tests the CUDA kernels' logic.
     "_nms3d_bitmask_emulated(Tensor boxes, Tensor scores, Tensor? idxs, float iou_threshold, "
     "int budget_words) -> Tensor",
+    // The CPU NMS kernel with a chosen chunk size (candidates per parallel round; default
+    // 2048), so that tests cross its chunk boundaries with few boxes.
+    "_nms3d_cpu_chunked(Tensor boxes, Tensor scores, Tensor? idxs, float iou_threshold, "
+    "int chunk) -> Tensor",
     // The DeepEM E-step (csrc/common/estep.h): posterior of each weak label over its scan's
     // proposals, returned with a per-label "has an admissible proposal" flag; MAP and Gumbel
     // top-k sampling picks (-1: none).

@@ -47,14 +47,39 @@ def nms3d(boxes, scores, thr):
     return np.asarray(kept, np.int64)
 
 
-def batched_nms3d(boxes, scores, idxs, thr):
+def nms3d_fast(boxes, scores, thr):
+    """The same greedy result as nms3d, vectorised for large N (seconds at 20,000 boxes):
+    take the best box left, keep it, drop every box left that it suppresses. No spatial grid
+    and no chunks, so it shares nothing with the CPU kernel's pruning."""
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 6)
+    scores = np.asarray(scores, np.float64)
+    valid = np.isfinite(boxes).all(1) & ~np.isnan(scores)
+    order = np.argsort(-scores, kind="stable")  # ties by lower index
+    order = order[valid[order]]
+    # One contiguous array per coordinate (the loop filters them all each step), then the
+    # volume and the original index.
+    cols = [boxes[order, j].copy() for j in range(6)] + [volume(boxes[order]), order]
+    kept = []
+    while len(cols[7]):
+        z1, y1, x1, z2, y2, x2, vol, idx = cols
+        kept.append(idx[0])
+        inter = np.clip(np.minimum(z2, z2[0]) - np.maximum(z1, z1[0]), 0, None)
+        inter *= np.clip(np.minimum(y2, y2[0]) - np.maximum(y1, y1[0]), 0, None)
+        inter *= np.clip(np.minimum(x2, x2[0]) - np.maximum(x1, x1[0]), 0, None)
+        drop = (inter > 0) & (inter > thr * (vol[0] + vol - inter))
+        drop[0] = True
+        cols = [c[~drop] for c in cols]
+    return np.asarray(kept, np.int64)
+
+
+def batched_nms3d(boxes, scores, idxs, thr, nms=nms3d):
     boxes = np.asarray(boxes, np.float64).reshape(-1, 6)
     scores = np.asarray(scores, np.float64)
     idxs = np.asarray(idxs)
     kept = []
     for g in np.unique(idxs):
         members = np.nonzero(idxs == g)[0]
-        kept += list(members[nms3d(boxes[members], scores[members], thr)])
+        kept += list(members[nms(boxes[members], scores[members], thr)])
     kept.sort(key=lambda i: (-scores[i], i))
     return np.asarray(kept, np.int64)
 

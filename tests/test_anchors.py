@@ -20,6 +20,15 @@ from deepem.ops import (
 from deepem.ops.boxes import cubes_to_boxes
 
 HAS_CUDA = torch.cuda.is_available()
+# Kernel outputs against the float64 references, per dtype: float64 to rounding, float32 to a
+# few ulps of the values, float16 / bfloat16 computed in float32 and rounded once (2^-11 and
+# 2^-8 relative) plus the float32 error.
+TOL = {
+    torch.float64: dict(rtol=1e-12, atol=1e-12),
+    torch.float32: dict(rtol=2e-6, atol=2e-6),
+    torch.float16: dict(rtol=1e-3, atol=2e-5),
+    torch.bfloat16: dict(rtol=8e-3, atol=2e-5),
+}
 
 
 def _random_gt(rng, batch, max_gt, extent=96.0, dtype=torch.float64):
@@ -82,18 +91,22 @@ def test_anchors_match_reference(seed):
     np.testing.assert_array_equal(boxes.numpy(), ref.anchor_boxes(fs, stride, offset, shapes))
     sizes = [float(s[0]) for s in shapes]
     cubes = anchors3d(fs, stride, sizes, offset, dtype=torch.float64)
-    np.testing.assert_allclose(cubes.numpy(), ref.anchor_cubes(fs, stride, offset, [(s,) * 3 for s in sizes]))
+    np.testing.assert_array_equal(cubes.numpy(), ref.anchor_cubes(fs, stride, offset, [(s,) * 3 for s in sizes]))
     # cube and box forms agree through deepem.ops.boxes
     cube_boxes = anchors3d(fs, stride, sizes, offset, cubes=False, dtype=torch.float64)
     torch.testing.assert_close(cubes_to_boxes(cubes), cube_boxes)
 
 
-def test_anchors_dtypes():
-    a32 = anchors3d((3, 4, 5), 2, (3.0, 7.0), dtype=torch.float32)
-    for dt in (torch.float16, torch.bfloat16, torch.float64):
-        a = anchors3d((3, 4, 5), 2, (3.0, 7.0), dtype=dt)
-        assert a.dtype == dt
-        torch.testing.assert_close(a.float(), a32, rtol=1e-2, atol=1e-2)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_anchors_dtypes_are_exact(dtype):
+    # Centres 0.5 + 2 i and half sizes 1.5, 3.5 are exact in every dtype, so must the anchors be.
+    want = ref.anchor_cubes((3, 4, 5), (2.0,) * 3, (0.5,) * 3, [(3.0,) * 3, (7.0,) * 3])
+    a = anchors3d((3, 4, 5), 2, (3.0, 7.0), dtype=dtype)
+    assert a.dtype == dtype
+    np.testing.assert_array_equal(a.double().numpy(), want)
+    boxes = anchors3d((3, 4, 5), 2, (3.0, 7.0), cubes=False, dtype=dtype)
+    want = ref.anchor_boxes((3, 4, 5), (2.0,) * 3, (0.5,) * 3, [(3.0,) * 3, (7.0,) * 3])
+    np.testing.assert_array_equal(boxes.double().numpy(), want)
 
 
 def test_anchors_bad_arguments():
@@ -176,16 +189,35 @@ def test_decode_batched_anchors_and_clamp():
     assert torch.isinf(decode_boxes3d(deltas, a, log_clamp=None)[..., 3]).all()
 
 
-def test_coding_empty_and_dtypes():
+def test_coding_empty():
     assert encode_boxes3d(torch.zeros(0, 6), torch.zeros(0, 6)).shape == (0, 6)
     assert decode_boxes3d(torch.zeros(0, 4), torch.ones(3, 4)).shape == (0, 4)
-    rng = np.random.default_rng(1)
-    a, b = torch.tensor(_random_cubes(rng, 8)), torch.tensor(_random_cubes(rng, 8))
-    want = encode_boxes3d(b, a)
-    for dt in (torch.float16, torch.bfloat16, torch.float32):
-        got = encode_boxes3d(b.to(dt), a.to(dt))
-        assert got.dtype == dt
-        torch.testing.assert_close(got.double(), want, rtol=0.05, atol=0.05)
+
+
+def _coding_tol(dtype, inputs):
+    """The dtype's rounding of the result (rtol), plus the float32 arithmetic's absolute
+    error, which follows the inputs (coordinates ~150 differenced, then divided by an anchor
+    size >= 2), not the result."""
+    return dict(rtol=TOL[dtype]["rtol"], atol=TOL[torch.float32]["rtol"] * float(np.abs(inputs).max()))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("width", [4, 6])
+def test_coding_dtypes_match_reference(dtype, width):
+    rng = np.random.default_rng(width)
+    make = _random_cubes if width == 4 else _random_boxes
+    a, b = torch.tensor(make(rng, 16)).to(dtype), torch.tensor(make(rng, 48)).to(dtype)
+    # The reference sees the inputs as rounded to the dtype, so only the op's error counts.
+    a64, b64 = a.double().numpy(), b.double().numpy()
+    deltas = encode_boxes3d(b, a)
+    assert deltas.dtype == dtype
+    want = ref.encode(b64, a64)
+    assert np.abs(want).max() > 5  # deltas as large as the tolerance must resolve
+    np.testing.assert_allclose(deltas.double().numpy(), want, **_coding_tol(dtype, np.r_[a64, b64]))
+    d64 = deltas.double().numpy()
+    back = decode_boxes3d(deltas, a)
+    assert back.dtype == dtype
+    np.testing.assert_allclose(back.double().numpy(), ref.decode(d64, a64), **_coding_tol(dtype, b64))
 
 
 def test_coding_bad_arguments():
@@ -253,32 +285,37 @@ def test_label_float32_cpu_equals_emulated_grid(seed):
 
 
 def test_label_rules_hold():
+    # The documented rules, checked on float32 output with the numpy references only.
     grid = GRIDS[2]
     rng = np.random.default_rng(7)
     gt, counts = _random_gt(rng, 8, 5, dtype=torch.float32)
     res = label_anchors3d(gt, grid, num_gt=counts, seed=3)
-    boxes = grid.anchors(cubes=False).reshape(-1, 6)
+    args = (grid.feature_size, grid.stride, grid.offset, grid.shapes)
+    boxes, cubes = ref.anchor_boxes(*args).reshape(-1, 6), ref.anchor_cubes(*args).reshape(-1, 4)
+    g = gt.double().numpy()
     for b in range(8):
         n = int(counts[b])
-        pos = res.pos_anchor[b]
+        pos = res.pos_anchor[b].numpy()
         assert (pos[:n] >= 0).all() and (pos[n:] == -1).all()
         assert set(torch.nonzero(res.labels[b] == 1).flatten().tolist()) == set(pos[:n].tolist())
         assert int((res.labels[b] == 0).sum()) == 800
         assert (res.matched_iou[b][res.labels[b] == 0] < 0.02).all()
+        if not n:
+            continue
+        ious = np.stack([ref.iou(boxes, g[b, j]) for j in range(n)], axis=1)  # [K, n]
         for j in range(n):
-            iou = torch.ops.deepem.box_iou3d(boxes, gt[b, j : j + 1])[:, 0]
-            if iou.max() >= 0.5:
-                assert iou[pos[j]] >= 0.5
-            want = encode_boxes3d(torch.cat([(gt[b, j, :3] + gt[b, j, 3:]) / 2,
-                                             (gt[b, j, 3:] - gt[b, j, :3]).mean().reshape(1)]),
-                                  grid.anchors().reshape(-1, 4)[pos[j]])
-            torch.testing.assert_close(res.pos_targets[b, j], want)
-        # matched IoU and GT are the best over the crop's boxes
-        if n:
-            ious = torch.ops.deepem.box_iou3d(boxes, gt[b, :n])
-            best, arg = ious.max(dim=1)
-            torch.testing.assert_close(res.matched_iou[b], best)
-            assert torch.equal(res.matched_gt[b], torch.where(best > 0, arg, -1))
+            if ious[:, j].max() >= 0.5:
+                assert ious[pos[j], j] >= 0.5
+            cube = np.r_[(g[b, j, :3] + g[b, j, 3:]) / 2, (g[b, j, 3:] - g[b, j, :3]).mean()]
+            want = ref.encode(cube[None], cubes[pos[j]][None])[0]
+            np.testing.assert_allclose(res.pos_targets[b, j].double().numpy(), want, **TOL[torch.float32])
+        # matched IoU and GT are the best over the crop's boxes (GT ties to float32
+        # rounding excluded: either GT may win there)
+        best, arg = ious.max(axis=1), ious.argmax(axis=1)
+        np.testing.assert_allclose(res.matched_iou[b].double().numpy(), best, **TOL[torch.float32])
+        second = np.sort(ious, axis=1)[:, -2] if n > 1 else np.zeros(len(best))
+        clear = best - second > 1e-5
+        np.testing.assert_array_equal(res.matched_gt[b].numpy()[clear], np.where(best > 0, arg, -1)[clear])
 
 
 def test_label_empty_ground_truth_is_all_negative():
@@ -321,11 +358,55 @@ def test_label_fallback_nearest_cell_log_closest_size():
     torch.testing.assert_close(res.pos_targets[0, 0],
                                torch.tensor([(9.4 - 9.5) / 5, (14.0 - 13.5) / 5, (22.6 - 21.5) / 5,
                                              math.log(2.2 / 5)], dtype=torch.float64))
-    # 14 mm is log-closer to 10 than to 20 (log 1.4 < log(20/14)); 15 mm to 20.
+    # 14 mm is log-closer to 10 than to 20 (log 1.4 < log(20/14)); 15 mm to 20. Neither
+    # reaches IoU 0.5 with an anchor, so both are fallbacks.
     for d, a in ((14.0, 1), (15.0, 2)):
         gt = cubes_to_boxes(torch.tensor([[[9.4, 14.0, 22.6, d]]], dtype=torch.float64))
-        k = ref.fallback(grid.feature_size, grid.stride, grid.offset, grid.shapes, gt[0, 0].numpy())
-        assert k % 3 == a
+        res = label_anchors3d(gt, grid, num_neg=None)
+        assert float(res.matched_iou.max()) < 0.5
+        assert int(res.pos_anchor[0, 0]) == ((2 * 8 + 3) * 8 + 5) * 3 + a
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_label_fallback_cell_rounds_half_to_even(dtype, device):
+    # Centres exactly halfway between cells: (c - 1.5) / 4 = 2.5, 3.5, 4.5 round to even
+    # cells 2, 4, 4 (numpy.round, as DeepLung), not 3, 4, 5 (half away from zero).
+    grid = GRIDS[0]
+    gt = torch.tensor([[[10.5, 14.5, 18.5, 12.5, 16.5, 20.5]]], dtype=dtype, device=device)
+    res = label_anchors3d(gt, grid, num_neg=None)
+    assert float(res.matched_iou.max()) < 0.5  # a 2 mm nodule: the fallback decides
+    want = ((2 * 8 + 4) * 8 + 4) * 3 + 0
+    assert int(res.pos_anchor[0, 0]) == want
+    assert ref.fallback(grid.feature_size, grid.stride, grid.offset, grid.shapes, gt[0, 0].cpu().double().numpy()) == want
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_label_positive_at_exactly_the_threshold(dtype, device):
+    # A GT twice the 10 mm anchor at cell (7, 3, 3) along z: inter 1000, union 2000, IoU
+    # exactly 0.5, the only anchor to reach it. Its centre z 34.5 rounds to no cell, so
+    # without the candidate (IoU >= 0.5) there would be no positive at all.
+    grid = GRIDS[0]
+    gt = torch.tensor([[[24.5, 8.5, 8.5, 44.5, 18.5, 18.5]]], dtype=dtype, device=device)
+    k = ((7 * 8 + 3) * 8 + 3) * 3 + 1
+    for op in ("label", "emulated") if device.type == "cpu" else ("label",):
+        out = _label(gt, grid, op, num_neg=-1)
+        assert int(out[3][0, 0]) == k and float(out[1][0, k]) == 0.5 and int(out[0][0, k]) == 1
+        assert int(out[3][0, 0]) == ref.label(gt.cpu().numpy(), grid.feature_size, grid.stride,
+                                              grid.offset, grid.shapes, num_neg=None)[3][0, 0]
+        assert int(_label(gt, grid, op, num_neg=-1, pos_threshold=0.5 + 1e-6)[3][0, 0]) == -1
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_label_negative_only_below_the_threshold(dtype, device):
+    # The GT above and the 10 mm anchor at cell (6, 3, 3): inter 600, union 2400, IoU exactly
+    # 0.25. Negative means IoU < neg_threshold: ignored at 0.25, negative just above.
+    grid = GRIDS[0]
+    gt = torch.tensor([[[24.5, 8.5, 8.5, 44.5, 18.5, 18.5]]], dtype=dtype, device=device)
+    k = ((6 * 8 + 3) * 8 + 3) * 3 + 1
+    for op in ("label", "emulated") if device.type == "cpu" else ("label",):
+        out = _label(gt, grid, op, num_neg=-1, neg_threshold=0.25)
+        assert float(out[1][0, k]) == 0.25 and int(out[0][0, k]) == -1
+        assert int(_label(gt, grid, op, num_neg=-1, neg_threshold=0.25 + 1e-6)[0][0, k]) == 0
 
 
 def test_label_seeded_determinism_and_uniform_choice():
@@ -370,10 +451,17 @@ def test_label_float16_and_python_helpers():
              cubes_to_boxes(torch.tensor([[10.0, 12.0, 14.0, 8.0], [20.0, 20.0, 20.0, 6.0]]))]
     gt, counts = pad_boxes(boxes)
     assert gt.shape == (2, 2, 6) and counts.tolist() == [1, 2] and torch.isnan(gt[0, 1]).all()
-    r32 = label_anchors3d(gt, grid, num_gt=counts)
-    r16 = label_anchors3d(gt.half(), grid, num_gt=counts)
-    assert r16.matched_iou.dtype == torch.float16 and r16.pos_targets.dtype == torch.float16
-    assert torch.equal(r16.pos_anchor, r32.pos_anchor)
+    for dtype in (torch.float16, torch.bfloat16):
+        res = label_anchors3d(gt.to(dtype), grid, num_gt=counts)
+        assert res.matched_iou.dtype == dtype and res.pos_targets.dtype == dtype
+        want = ref.label(gt.to(dtype).double().numpy(), grid.feature_size, grid.stride, grid.offset,
+                         grid.shapes, num_gt=counts.numpy())
+        assert (want[3][0, :1] >= 0).all() and (want[3][1] >= 0).all()
+        for name, got, w in zip(res._fields, res, want):
+            if got.dtype.is_floating_point:
+                np.testing.assert_allclose(got.double().numpy(), w, **TOL[dtype], err_msg=name)
+            else:
+                np.testing.assert_array_equal(got.numpy(), w, err_msg=name)
 
 
 def test_label_bad_arguments():

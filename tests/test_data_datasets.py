@@ -165,6 +165,14 @@ def test_seeded_and_worker_safe(pre):
         assert s["uid"] == p["uid"]
 
 
+def check_weak_z(item):
+    """The weak slices z = 45 and 30 of scan 'a' in crop voxels; 'b' has no weak labels."""
+    weak = np.array([45.0, 30.0]) if item["uid"] == "a" else np.zeros(0)
+    assert item["weak_z"].dtype == torch.float32 and item["weak_z"].shape == weak.shape
+    np.testing.assert_allclose(item["weak_z"].numpy(), (weak - item["start"][0].item()) * item["scale"],
+                               rtol=1e-6, atol=1e-4)
+
+
 def test_weak_dataset_uses_pseudo_boxes(pre):
     pseudo = {"a": BOXES[2:3]}
     ds = D.WeakCropDataset(pre, ["a", "b"], pseudo, crop_size=48, seed=1)
@@ -172,15 +180,16 @@ def test_weak_dataset_uses_pseudo_boxes(pre):
     assert len(ds) == int(3 / 0.7)
     for i in range(len(ds)):
         item = ds[i]
-        np.testing.assert_allclose(item["weak_z"].numpy() if item["uid"] == "a" else [],
-                                   (np.array([45.0, 30.0]) - item["start"][0].item()) * item["scale"]
-                                   if item["uid"] == "a" else [], atol=1e-4)
+        check_weak_z(item)
         if i < 3:
             b = item["boxes"].numpy()
             # only the pseudo box is a target, though other nodules may show in the crop
             assert np.isclose(b[:, 3], 12 * item["scale"], atol=1e-3).sum() == 1 and len(b) == 1
     ds.set_pseudo_boxes({"a": BOXES[1:3], "b": BOXES[1:2]})
     assert len(ds.samples) == 5
+    b_item = ds[[uid for uid, _ in ds.samples].index("b")]
+    assert b_item["uid"] == "b"
+    check_weak_z(b_item)
     ds.set_pseudo_boxes(None)
     assert ds.samples == [] and len(ds) == 2  # random crops only
     assert ds[0]["boxes"].shape == (0, 4)

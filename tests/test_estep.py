@@ -367,7 +367,11 @@ def test_lobe_ids_of_padded_labels_are_not_checked():
     args = good_args()
     args["num_weak"] = torch.tensor([1, 0])
     args["weak_lobe"] = torch.tensor([[0, 99, -4], [77, 77, 77]])
-    em_posterior(**args)
+    lp, has = em_posterior(**args)  # no error, and the real label's posterior is right
+    ref, ref_has = posterior_ref(args)
+    assert torch.equal(has, torch.from_numpy(ref_has)) and has[0, 0]
+    assert_log_close(lp, ref, 1e-10)
+    assert torch.isneginf(lp[0, 1:]).all() and torch.isneginf(lp[1]).all()
 
 
 def test_pick_ops_bad_input():

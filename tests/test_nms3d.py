@@ -9,10 +9,22 @@ NAN, INF = float("nan"), float("inf")
 # Thresholds exact in binary, so float32 and float64 compare the same products.
 EXACT_THRESHOLDS = [0.0, 0.125, 0.25, 0.5, 0.75, 1.0]
 SIZES = [0, 1, 2, 63, 64, 65, 300, 1500]
+# The CPU kernel decides candidates in chunks of 2,048 (kNmsCpuChunk in csrc/ops/nms3d.h):
+# just past one chunk, a few chunks, ten chunks.
+CHUNK_SIZES = [2049, 5000, 20011]
 
 
 def emulated(boxes, scores, thr, idxs=None, budget_words=1 << 25):
     return torch.ops.deepem._nms3d_bitmask_emulated(boxes, scores, idxs, thr, budget_words)
+
+
+def chunked(boxes, scores, thr, chunk, idxs=None):
+    return torch.ops.deepem._nms3d_cpu_chunked(boxes, scores, idxs, thr, chunk)
+
+
+def tied_scores(rng, n):
+    """Scores with many ties (64 levels), exact in every dtype: ties go by lower index."""
+    return rng.integers(0, 64, size=n) / 8
 
 
 def workload(kind, rng, n, integer):
@@ -48,6 +60,61 @@ def test_reduced_precision_matches_reference(dtype, kind, device):
         for thr in EXACT_THRESHOLDS:
             want = ref.nms3d(b.double().cpu().numpy(), s.double().cpu().numpy(), thr)
             np.testing.assert_array_equal(nms3d(b, s, thr).cpu().numpy(), want)
+
+
+@pytest.mark.parametrize("kind", ["random", "clustered"])
+@pytest.mark.parametrize("n", CHUNK_SIZES)
+def test_past_the_cpu_chunk_matches_reference(kind, n, device):
+    # Boxes kept in earlier chunks must suppress later candidates: a kernel that skipped that
+    # check kept 954 of 5,000 clustered boxes instead of 495.
+    rng = np.random.default_rng(n + (kind == "clustered"))
+    boxes = workload(kind, rng, n, integer=False)
+    scores = tied_scores(rng, n)
+    b, s = torch.tensor(boxes, device=device), torch.tensor(scores, device=device)
+    for thr in [0.1, 0.3]:  # not higher: random boxes would nearly all be kept, a slow reference
+        want = ref.nms3d_fast(boxes, scores, thr)
+        np.testing.assert_array_equal(nms3d(b, s, thr).cpu().numpy(), want)
+
+
+def test_batched_groups_past_the_cpu_chunk(device):
+    # Two groups of ~3,000 boxes: each group's NMS crosses a chunk boundary.
+    rng = np.random.default_rng(11)
+    boxes = workload("clustered", rng, 6000, integer=False)
+    scores = tied_scores(rng, 6000)
+    idxs = rng.integers(0, 2, size=6000)
+    want = ref.batched_nms3d(boxes, scores, idxs, 0.3, nms=ref.nms3d_fast)
+    got = batched_nms3d(*(torch.tensor(v, device=device) for v in (boxes, scores, idxs)), 0.3)
+    np.testing.assert_array_equal(got.cpu().numpy(), want)
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 64, 100, 1 << 40])
+def test_cpu_chunk_size_never_changes_the_result(chunk):
+    # Tiny chunks put most candidates behind a boundary (the parallel check against earlier
+    # chunks decides them); a chunk larger than N is one sequential round.
+    rng = np.random.default_rng(chunk % 1000)
+    for kind in ["random", "clustered"]:
+        boxes = workload(kind, rng, 700, integer=False)
+        scores = tied_scores(rng, 700)
+        idxs = rng.integers(0, 3, size=700)
+        b, s = torch.tensor(boxes), torch.tensor(scores)
+        for thr in [0.0, 0.3]:
+            want = ref.nms3d_fast(boxes, scores, thr)
+            np.testing.assert_array_equal(chunked(b, s, thr, chunk).numpy(), want)
+        want = ref.batched_nms3d(boxes, scores, idxs, 0.3, nms=ref.nms3d_fast)
+        np.testing.assert_array_equal(chunked(b, s, 0.3, chunk, torch.tensor(idxs)).numpy(), want)
+    with pytest.raises(RuntimeError, match="'chunk'"):
+        chunked(b, s, 0.3, 0)
+
+
+def test_fast_reference_equals_the_plain_one():
+    # nms3d_fast stands in for nms3d at sizes where the plain loop is too slow.
+    rng = np.random.default_rng(3)
+    for kind in ["random", "clustered"]:
+        boxes = workload(kind, rng, 1500, integer=False)
+        boxes[::97, 3] = boxes[::97, 0]  # some zero-volume boxes
+        scores = tied_scores(rng, 1500)
+        for thr in [0.0, 0.3, 1.0]:
+            np.testing.assert_array_equal(ref.nms3d_fast(boxes, scores, thr), ref.nms3d(boxes, scores, thr))
 
 
 @pytest.mark.parametrize("n", SIZES + [3000])
@@ -168,18 +235,31 @@ def test_non_contiguous_inputs_accepted():
 
 def test_million_boxes_run_in_linear_memory():
     # 10^6 boxes: a dense N x N structure would need 125 GB as bits; this must just run.
+    # Integer coordinates and a binary threshold: float32 decides every pair exactly.
     rng = np.random.default_rng(1)
     n = 1_000_000
-    boxes = torch.tensor(ref.random_boxes(rng, n, 1024.0, 12.0), dtype=torch.float32)
+    boxes = ref.random_boxes(rng, n, 1024.0, 12.0, integer=True)
     scores = torch.rand(n, generator=torch.Generator().manual_seed(0))
-    kept = nms3d(boxes, scores, 0.2)
+    kept = nms3d(torch.tensor(boxes, dtype=torch.float32), scores, 0.25).numpy()
     assert 0 < len(kept) < n
-    assert torch.all(scores[kept][1:] <= scores[kept][:-1])
-    # Spot check: no two kept boxes among a sample overlap above the threshold.
-    sample = kept[torch.randperm(len(kept), generator=torch.Generator().manual_seed(1))[:2000]]
-    iou = ref.box_iou3d(boxes[sample].double().numpy(), boxes[sample].double().numpy())
-    np.fill_diagonal(iou, 0)
-    assert (iou <= 0.2).all()
+    assert np.all(scores.numpy()[kept][1:] <= scores.numpy()[kept][:-1])
+    # Greedy NMS keeps a box exactly when no box kept before it (in NMS order) suppresses it:
+    # check that on samples of kept and of dropped boxes, against every kept box that can
+    # overlap them.
+    rank = np.empty(n, np.int64)
+    rank[np.argsort(-scores.numpy(), kind="stable")] = np.arange(n)
+    is_kept = np.zeros(n, bool)
+    is_kept[kept] = True
+    by_z = kept[np.argsort(boxes[kept, 0], kind="stable")]
+    z1 = boxes[by_z, 0]
+    pick = np.random.default_rng(2)
+    sample = np.r_[pick.choice(kept, 200), pick.choice(np.flatnonzero(~is_kept), 200)]
+    for j in sample:
+        lo, hi = np.searchsorted(z1, [boxes[j, 0] - 12.0, boxes[j, 3]])  # sides are <= 12
+        before = by_z[lo:hi][rank[by_z[lo:hi]] < rank[j]]
+        inter = ref.intersection(boxes[before], boxes[j : j + 1])[:, 0]
+        union = ref.volume(boxes[before]) + ref.volume(boxes[j]) - inter
+        assert np.any((inter > 0) & (inter > 0.25 * union)) != is_kept[j], j
 
 
 @pytest.mark.parametrize(
@@ -262,9 +342,14 @@ def test_cuda_tiles_large_inputs():
     assert torch.equal(nms3d(boxes.cuda(), scores.cuda(), 0.2).cpu(), nms3d(boxes, scores, 0.2))
 
 
-def test_nms_cubes_matches_boxes():
+def test_nms_cubes_matches_reference():
     rng = np.random.default_rng(8)
-    cubes = torch.tensor(np.c_[rng.uniform(0, 64, (300, 3)), rng.uniform(3, 20, 300)])
-    scores = torch.tensor(rng.uniform(size=300))
-    want = nms3d(box_formats.cubes_to_boxes(cubes), scores, 0.1)
-    assert box_formats.nms_cubes(cubes, scores, 0.1).tolist() == want.tolist()
+    cubes = np.c_[rng.uniform(0, 64, (300, 3)), rng.uniform(3, 20, 300)]
+    scores = rng.uniform(size=300)
+    # Cube (z, y, x, d) -> box (centre -+ d / 2), written out here rather than taken from
+    # deepem.ops.boxes, whose conversion nms_cubes itself uses.
+    boxes = np.c_[cubes[:, :3] - cubes[:, 3:] / 2, cubes[:, :3] + cubes[:, 3:] / 2]
+    want = ref.nms3d(boxes, scores, 0.1)
+    got = box_formats.nms_cubes(torch.tensor(cubes), torch.tensor(scores), 0.1)
+    np.testing.assert_array_equal(got.numpy(), want)
+    assert 0 < len(want) < 300

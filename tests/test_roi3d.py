@@ -134,6 +134,26 @@ def test_pool_ties_and_nan_voxels():
     assert out.isnan().all() and arg.item() == 5
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("scale", [1.0, 0.5])
+def test_pool_roi_edges_round_half_away_from_zero(dtype, scale, device):
+    # Roi edges exactly halfway between voxels round half away from zero (torchvision's
+    # round), not half to even: z 2.5..4.5 -> [3, 5), y 3.5..5.5 -> [4, 6), x 0.5..6.5 -> [1, 7).
+    ramp = torch.arange(512, dtype=dtype, device=device).reshape(1, 1, 8, 8, 8)
+    rois = torch.tensor([[0, 2.5, 3.5, 0.5, 4.5, 5.5, 6.5]], dtype=dtype, device=device)
+    rois[:, 1:] /= scale
+    for x, corner in [(ramp, (4, 5, 6)), (-ramp, (3, 4, 1))]:  # the max is the last / first voxel
+        out, arg = roi_pool3d_with_argmax(x, rois, 1, scale)
+        assert arg.item() == (corner[0] * 8 + corner[1]) * 8 + corner[2]
+        for size in [(1, 1, 1), (2, 2, 3)]:
+            got = roi_pool3d_with_argmax(x, rois, size, scale)
+            want = roi_pool3d_reference(x, rois, size, scale)
+            assert torch.equal(got[0].cpu(), want[0]) and torch.equal(got[1].cpu(), want[1])
+            if device.type == "cpu":
+                emu = OPS._roi_pool3d_emulated(x, rois, list(size), scale)
+                assert torch.equal(emu[0], want[0]) and torch.equal(emu[1], want[1])
+
+
 def test_gradcheck_align():
     x, rois = make_case(21, size=(4, 5, 4), num=4, channels=2)
     x.requires_grad_()

@@ -55,12 +55,24 @@ at::Tensor batched_nms3d_cpu(const at::Tensor& boxes, const at::Tensor& scores,
                           iou_threshold);
 }
 
+// The CPU kernel with another chunk size, so that tests cross many chunk boundaries with
+// few boxes.
+at::Tensor nms3d_cpu_chunked(const at::Tensor& boxes, const at::Tensor& scores,
+                             const c10::optional<at::Tensor>& idxs, double iou_threshold,
+                             int64_t chunk) {
+  const at::Tensor groups = idxs.has_value() ? idxs_int64(*idxs) : at::Tensor();
+  check_nms3d_args(boxes, scores, groups, iou_threshold, "_nms3d_cpu_chunked");
+  TORCH_CHECK(chunk > 0, "_nms3d_cpu_chunked: argument 'chunk' must be > 0, got ", chunk);
+  return nms3d_cpu_kernel(to_compute(boxes), to_compute(scores), groups, iou_threshold, chunk);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(deepem, CPU, m) {
   m.impl("nms3d", &nms3d_cpu);
   m.impl("batched_nms3d", &batched_nms3d_cpu);
   m.impl("_nms3d_bitmask_emulated", &nms3d_bitmask_emulated);
+  m.impl("_nms3d_cpu_chunked", &nms3d_cpu_chunked);
 }
 
 }  // namespace deepem

@@ -14,7 +14,6 @@
 namespace deepem {
 namespace {
 
-constexpr int64_t kChunk = 2048;  // candidates decided per parallel round
 constexpr int64_t kGrain = 64;
 
 // A uniform grid over the candidates' bounds. The cell edge is the median box extent (most
@@ -76,7 +75,8 @@ struct Grid {
 // Greedy NMS over `items` (indices, already in NMS order, all with finite coordinates).
 // Returns the kept indices in that order.
 template <typename T>
-std::vector<int64_t> greedy_nms(const T* boxes, const std::vector<int64_t>& items, T threshold) {
+std::vector<int64_t> greedy_nms(const T* boxes, const std::vector<int64_t>& items, T threshold,
+                                int64_t chunk) {
   const int64_t n = static_cast<int64_t>(items.size());
   std::vector<int64_t> kept;
   // A zero-volume box has IoU 0 with everything: always kept, never suppresses.
@@ -102,9 +102,9 @@ std::vector<int64_t> greedy_nms(const T* boxes, const std::vector<int64_t>& item
     });
   };
 
-  std::vector<char> suppressed_before(kChunk);
-  for (int64_t start = 0; start < n; start += kChunk) {
-    const int64_t stop = std::min(n, start + kChunk);
+  std::vector<char> suppressed_before(std::min(chunk, n));
+  for (int64_t start = 0; start < n; start += chunk) {
+    const int64_t stop = std::min(n, start + chunk);
     const int64_t kept_before = static_cast<int64_t>(kept_solid.size());
     // Against boxes kept in earlier chunks: read-only, so in parallel.
     at::parallel_for(start, stop, kGrain, [&](int64_t begin, int64_t end) {
@@ -150,7 +150,7 @@ std::vector<int64_t> valid_in_order(const T* boxes, const T* scores, const int64
 }  // namespace
 
 at::Tensor nms3d_cpu_kernel(const at::Tensor& boxes, const at::Tensor& scores,
-                            const at::Tensor& idxs, double iou_threshold) {
+                            const at::Tensor& idxs, double iou_threshold, int64_t chunk) {
   const int64_t n = boxes.size(0);
   if (n == 0) return at::empty({0}, boxes.options().dtype(at::kLong));
   const at::Tensor order = nms3d_order(scores, idxs);
@@ -161,7 +161,7 @@ at::Tensor nms3d_cpu_kernel(const at::Tensor& boxes, const at::Tensor& scores,
     const scalar_t* s = scores.data_ptr<scalar_t>();
     const scalar_t thr = static_cast<scalar_t>(iou_threshold);
     if (!idxs.defined()) {
-      kept = greedy_nms(b, valid_in_order(b, s, ord, 0, n), thr);
+      kept = greedy_nms(b, valid_in_order(b, s, ord, 0, n), thr, chunk);
       return;
     }
     // Groups are contiguous in `order`; each is an independent NMS.
@@ -176,7 +176,8 @@ at::Tensor nms3d_cpu_kernel(const at::Tensor& boxes, const at::Tensor& scores,
     const int64_t grain = groups >= 4 * at::get_num_threads() ? 1 : groups;
     at::parallel_for(0, groups, grain, [&](int64_t begin, int64_t end) {
       for (int64_t k = begin; k < end; ++k)
-        kept_per_group[k] = greedy_nms(b, valid_in_order(b, s, ord, starts[k], starts[k + 1]), thr);
+        kept_per_group[k] =
+            greedy_nms(b, valid_in_order(b, s, ord, starts[k], starts[k + 1]), thr, chunk);
     });
     for (const auto& part : kept_per_group) kept.insert(kept.end(), part.begin(), part.end());
   });
