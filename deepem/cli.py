@@ -107,22 +107,40 @@ def add_preprocess(sub):
     p.set_defaults(func=_preprocess)
 
 
-def _train(args):
+def _load_run_config(args):
+    """The training settings of `deepem train` / `deepem em`: preset, YAML, --data/--out, --set."""
     from .train import config as cfg
-    from .train import trainer
 
     extra = {}
     if args.data:
         extra.setdefault("data", {})["root"] = args.data
     if args.out:
         extra.setdefault("run", {})["out"] = args.out
+    config = cfg.load_config(args.config, args.preset, args.set, extra)
+    if not config.run.out:
+        raise cfg.ConfigError("no run folder: give --out or run.out")
+    return config
+
+
+def _run_training(args, command, run):
+    """Runs run(config) with one clear line and exit status 2 for a bad setting or input."""
+    from .train import config as cfg
+    from .train import trainer
+
     try:
-        config = cfg.load_config(args.config, args.preset, args.set, extra)
-        if not config.run.out:
-            raise cfg.ConfigError("no run folder: give --out or run.out")
-        t = trainer.fit(config, resume=args.resume)
+        config = _load_run_config(args)
+        t = run(config)
     except (cfg.ConfigError, FileNotFoundError, KeyError, trainer.NonFiniteLoss) as e:
-        print("deepem train: %s" % (e.args[0] if e.args else e), file=sys.stderr)
+        print("deepem %s: %s" % (command, e.args[0] if e.args else e), file=sys.stderr)
+        return None, None
+    return config, t
+
+
+def _train(args):
+    from .train import trainer
+
+    config, t = _run_training(args, "train", lambda c: trainer.fit(c, resume=args.resume))
+    if t is None:
         return 2
     if t.ctx.main:
         best = "none" if t.best is None else "%.4f (epoch %d)" % t.best
@@ -133,22 +151,14 @@ def _train(args):
 def _em(args):
     from .em import em_fit
     from .train import config as cfg
-    from .train import trainer
 
-    extra = {}
-    if args.data:
-        extra.setdefault("data", {})["root"] = args.data
-    if args.out:
-        extra.setdefault("run", {})["out"] = args.out
-    try:
-        config = cfg.load_config(args.config, args.preset, args.set, extra)
-        if not config.run.out:
-            raise cfg.ConfigError("no run folder: give --out or run.out")
+    def run(config):
         if not (args.init or args.resume):
             raise cfg.ConfigError("give --init (a supervised checkpoint, e.g. from deepem train) or --resume")
-        t = em_fit(config, init=args.init, resume=args.resume)
-    except (cfg.ConfigError, FileNotFoundError, KeyError, trainer.NonFiniteLoss) as e:
-        print("deepem em: %s" % (e.args[0] if e.args else e), file=sys.stderr)
+        return em_fit(config, init=args.init, resume=args.resume)
+
+    config, t = _run_training(args, "em", run)
+    if t is None:
         return 2
     if t.ctx.main:
         print("EM trained %d epochs -> %s" % (config.optim.epochs, config.run.out))

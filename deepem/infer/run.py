@@ -8,7 +8,6 @@ Run folder:
   overlays/*.png      with overlays: slices of the original scan through each mark above a score
   detect_report.json  settings, scans done and failed (with reasons), each file's coordinate convention
 """
-import json
 import os
 import sys
 import time
@@ -19,19 +18,14 @@ import numpy as np
 from ..data import io, preprocess
 from .detector import load_input, scan_uid
 from .marks import COORDINATES, CSV_COLUMNS, Marks
+from ..data.splits import read_split
 from .outputs import write_json, write_marks_json
 from .overlays import write_overlays
 
 
 def split_uids(split, splits_json):
-    """uids of split `split` in a splits JSON ({name: [uids]})."""
-    if not os.path.exists(splits_json):
-        raise FileNotFoundError("splits file not found: %s" % splits_json)
-    with open(splits_json) as f:
-        splits = json.load(f)
-    if split not in splits:
-        raise KeyError("split '%s' is not in %s (it has: %s)" % (split, splits_json, ", ".join(splits)))
-    return list(splits[split])
+    """uids of split `split` in a splits JSON ({name: [uids]}) or a uid file."""
+    return read_split(split, splits_json)
 
 
 def preprocessed_uids(data_dir):

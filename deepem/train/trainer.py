@@ -10,7 +10,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from ..data import datasets
+from ..data import datasets, splits
 from ..data.atomic import atomic_write
 from ..model import DetectionLoss, Res18
 from . import checkpoint, distributed
@@ -23,18 +23,9 @@ class NonFiniteLoss(RuntimeError):
 
 
 def read_split(config: TrainConfig, name: str) -> list:
-    """uids of a split: a name in the splits JSON, or a text file with one uid a line."""
-    if os.path.isfile(name):
-        with open(name) as f:
-            return [line.strip() for line in f if line.strip()]
-    path = config.data.splits or os.path.join(config.data.root, "splits.json")
-    if not os.path.isfile(path):
-        raise FileNotFoundError("splits file '%s' does not exist (config data.splits)" % path)
-    with open(path) as f:
-        splits = json.load(f)
-    if name not in splits:
-        raise KeyError("split '%s' is not in %s (it has: %s)" % (name, path, ", ".join(splits)))
-    return list(splits[name])
+    """uids of a split: a name in the splits JSON (data.splits, default <root>/splits.json), or
+    a text file with one uid a line."""
+    return splits.read_split(name, config.data.splits or os.path.join(config.data.root, "splits.json"))
 
 
 def check_data_root(root: str) -> None:

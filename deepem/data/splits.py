@@ -1,0 +1,19 @@
+"""Named splits of a data set: a JSON {name: [seriesuid, ...]} (phantom and demo write
+splits.json), or a text file with one uid a line in place of a name."""
+import json
+import os
+
+
+def read_split(split: str, splits_json: str) -> list:
+    """uids of `split`: a text file (one uid a line) if such a file exists, else the name's
+    list in `splits_json`."""
+    if os.path.isfile(split):
+        with open(split) as f:
+            return [line.strip() for line in f if line.strip()]
+    if not os.path.isfile(splits_json):
+        raise FileNotFoundError("splits file not found: %s" % splits_json)
+    with open(splits_json) as f:
+        splits = json.load(f)
+    if split not in splits:
+        raise KeyError("split '%s' is not in %s (it has: %s)" % (split, splits_json, ", ".join(splits)))
+    return list(splits[split])
