@@ -9,7 +9,7 @@ approximate but smooth. The oblique fissure runs from high at the back to the di
 front (behind/below it: the lower lobe); on the right a horizontal fissure parts upper and
 middle lobe; on the left the lingula is the upper lobe's part below a level (no fissure).
 """
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -54,7 +54,6 @@ class Chest:
     rib_drop: float  # ribs descend this much from back to front
     lung_hu: float  # parenchyma at mid depth
     gravity_hu: float  # extra density at the back (dependent lung)
-    extra: dict = field(default_factory=dict)
 
     @property
     def z_range(self):
