@@ -3,6 +3,9 @@
 `deepem.ops` holds the compiled 3D box kernels (CPU and CUDA), importable on their own.
 """
 from ._version import __version__
+from ._extension import load as _load
+
+_load()  # registers torch.ops.deepem.* (as `import torchvision` does for its ops)
 
 
 def build_info():

@@ -4,6 +4,7 @@ subparsers and sets `func` (args -> exit status); later subcommands append to CO
     deepem phantom OUT_DIR [--scans N] [--seed S] ...
     deepem preprocess DATA_ROOT OUT_DIR [--workers W] ...
     deepem evaluate RESULTS.csv --annotations A.csv --out DIR [--seriesuids S.csv] ...
+    deepem detect CHECKPOINT (--data DIR | --scans PATH...) --out DIR ...
 """
 import argparse
 import os
@@ -106,6 +107,88 @@ def add_preprocess(sub):
     p.set_defaults(func=_preprocess)
 
 
+def _train(args):
+    from .train import config as cfg
+    from .train import trainer
+
+    extra = {}
+    if args.data:
+        extra.setdefault("data", {})["root"] = args.data
+    if args.out:
+        extra.setdefault("run", {})["out"] = args.out
+    try:
+        config = cfg.load_config(args.config, args.preset, args.set, extra)
+        if not config.run.out:
+            raise cfg.ConfigError("no run folder: give --out or run.out")
+        t = trainer.fit(config, resume=args.resume)
+    except (cfg.ConfigError, FileNotFoundError, KeyError, trainer.NonFiniteLoss) as e:
+        print("deepem train: %s" % (e.args[0] if e.args else e), file=sys.stderr)
+        return 2
+    if t.ctx.main:
+        best = "none" if t.best is None else "%.4f (epoch %d)" % t.best
+        print("trained %d epochs -> %s (best validation metric %s)" % (config.optim.epochs, config.run.out, best))
+    return 0
+
+
+def _em(args):
+    from .em import em_fit
+    from .train import config as cfg
+    from .train import trainer
+
+    extra = {}
+    if args.data:
+        extra.setdefault("data", {})["root"] = args.data
+    if args.out:
+        extra.setdefault("run", {})["out"] = args.out
+    try:
+        config = cfg.load_config(args.config, args.preset, args.set, extra)
+        if not config.run.out:
+            raise cfg.ConfigError("no run folder: give --out or run.out")
+        if not (args.init or args.resume):
+            raise cfg.ConfigError("give --init (a supervised checkpoint, e.g. from deepem train) or --resume")
+        t = em_fit(config, init=args.init, resume=args.resume)
+    except (cfg.ConfigError, FileNotFoundError, KeyError, trainer.NonFiniteLoss) as e:
+        print("deepem em: %s" % (e.args[0] if e.args else e), file=sys.stderr)
+        return 2
+    if t.ctx.main:
+        print("EM trained %d epochs -> %s" % (config.optim.epochs, config.run.out))
+    return 0
+
+
+def add_em(sub):
+    p = sub.add_parser("em", help="DeepEM: EM training over weak labels from a supervised checkpoint",
+                       description="Each epoch: E-step (whole-scan detection of a share of the weak scans, "
+                       "posterior of every weak label over its proposals, MAP or sampled picks -> pseudo boxes, "
+                       "written to pseudo_boxes/epoch_NNN.csv), lobe model update, M-step (one pass over the weak "
+                       "scans with pseudo boxes, then one supervised epoch). Settings as deepem train, plus the em "
+                       "section (e.g. --set em.method=map). Multi-GPU: torchrun --nproc_per_node N -m deepem em ...")
+    p.add_argument("--init", help="supervised checkpoint to start from")
+    _common_train_args(p)
+    p.set_defaults(func=_em)
+
+
+def _common_train_args(p):
+    p.add_argument("--data", help="preprocessed folder (data.root)")
+    p.add_argument("--out", help="run folder (run.out)")
+    p.add_argument("--config", help="YAML config file")
+    p.add_argument("--preset", choices=sorted(__import__("deepem.train.config", fromlist=["PRESETS"]).PRESETS),
+                   help="starting settings: paper (GPU, the default values) or cpu (small model)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one setting (repeatable)")
+    p.add_argument("--resume", metavar="CHECKPOINT|auto",
+                   help="continue from a checkpoint; auto: the newest in the run folder, if any")
+
+
+def add_train(sub):
+    p = sub.add_parser("train", help="supervised training of the 3D Res18 detector",
+                       description="Trains DeepLung's 3D Res18 on the fully labelled split of a preprocessed "
+                       "folder. Settings: --preset, then --config YAML, then --set key=value (e.g. --set "
+                       "optim.lr=0.01). Writes config.yaml, checkpoints/, last.pt, best.pt (lowest validation "
+                       "loss), metrics.jsonl and loss.png to the run folder. Multi-GPU / multi-node: "
+                       "torchrun --nproc_per_node N -m deepem train ...")
+    _common_train_args(p)
+    p.set_defaults(func=_train)
+
+
 def _evaluate(args):
     from .data.tables import TableError
     from .eval import report
@@ -147,7 +230,110 @@ def add_evaluate(sub):
     p.set_defaults(func=_evaluate)
 
 
-COMMANDS = [add_phantom, add_preprocess, add_evaluate]
+def _write_marks_csv(path, marks_by_uid, diameters_by_uid):
+    """LUNA16 submission CSV through deepem.eval (the CSV's one writer); infer never imports eval."""
+    try:
+        from .eval.froc import write_marks
+    except ImportError:  # TODO: drop this fallback once deepem.eval (branch eval) is merged
+        write_marks = _write_marks_fallback
+    write_marks(path, marks_by_uid, diameters_by_uid)
+
+
+def _write_marks_fallback(path, marks, diameters=None):
+    import csv
+
+    folder = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(folder, ".tmp-%d-%s" % (os.getpid(), os.path.basename(path)))
+    try:
+        with open(tmp, "w", newline="") as f:
+            w = csv.writer(f, lineterminator="\n")
+            w.writerow(["seriesuid", "coordX", "coordY", "coordZ", "probability"]
+                       + (["diameter_mm"] if diameters is not None else []))
+            for uid, rows in marks.items():
+                d = list(diameters[uid]) if diameters is not None else None
+                for i, row in enumerate(rows):
+                    w.writerow([uid] + [repr(float(v)) for v in row] + ([repr(float(d[i]))] if d is not None else []))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _detect(args):
+    from .infer import Detector
+    from .infer import run
+
+    try:
+        if args.data:
+            if args.split:
+                if not args.splits:
+                    raise ValueError("--split needs --splits JSON")
+                uids = run.split_uids(args.split, args.splits)
+            elif args.uids:
+                from .data import tables
+
+                uids = tables.read_seriesuids(args.uids)
+            else:
+                uids = run.preprocessed_uids(args.data)
+            inputs = [(u, (args.data, u)) for u in uids]
+        else:
+            inputs = run.raw_inputs(args.scans)
+        detector = Detector(args.checkpoint, device=args.device, tile=args.tile, margin=args.margin,
+                            tile_batch=args.tile_batch, amp=args.amp, threshold=args.threshold)
+    except (FileNotFoundError, KeyError, ValueError, RuntimeError) as e:
+        print("deepem detect: %s" % (e.args[0] if e.args else e), file=sys.stderr)
+        return 2
+    settings = {k: getattr(args, k) for k in ("checkpoint", "data", "split", "splits", "uids", "scans", "threshold",
+                                              "device", "tile", "margin", "tile_batch", "amp", "overlays",
+                                              "overlay_min_prob", "seg_dir")}
+    settings.update(device=str(detector.device), nms_iou=detector.nms_iou, min_diameter_mm=detector.min_diameter,
+                    max_marks=detector.max_marks)
+    result = run.detect_many(detector, inputs, args.out, _write_marks_csv, overlays=args.overlays,
+                             overlay_min_prob=args.overlay_min_prob, seg_dir=args.seg_dir,
+                             progress=not args.quiet, settings=settings)
+    n = sum(len(m) for m in result.marks.values())
+    print("detected %d marks in %d scans -> %s (%d failed%s)"
+          % (n, len(result.marks), args.out, len(result.failed),
+             ", %d overlays" % len(result.overlays) if args.overlays else ""))
+    for uid, reason in sorted({**result.failed, **result.overlay_failed}.items()):
+        print("  failed %s: %s" % (uid, reason), file=sys.stderr)
+    return 0 if result.ok else 1
+
+
+def add_detect(sub):
+    p = sub.add_parser("detect", help="whole-scan nodule detection with a trained model",
+                       description="Runs the 3D Res18 over whole scans in tiles, keeps anchors with logit > "
+                       "--threshold and diameter > 3 mm, NMS at cube IoU 0.1, at most 100 marks per scan, in "
+                       "world mm (ITK/LPS, as LUNA16). Writes OUT/marks.csv (LUNA16 submission columns + "
+                       "diameter_mm), OUT/marks.json (MONAI-style cccwhd boxes), OUT/detect_report.json and, "
+                       "with --overlays, OUT/overlays/*.png. Scans that cannot be read or have no lungs are "
+                       "reported and skipped; the exit status is 1 when any failed.")
+    p.add_argument("checkpoint", help="a checkpoint of deepem train (best.pt / last.pt)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--data", help="a deepem preprocess output folder (all its scans, or --split / --uids)")
+    src.add_argument("--scans", nargs="+", metavar="PATH",
+                     help="raw scans: .mhd, .nii/.nii.gz, DICOM series folders, or folders of them "
+                     "(preprocessed inside)")
+    p.add_argument("--split", help="with --data: a split name in --splits")
+    p.add_argument("--splits", help="splits JSON ({name: [seriesuids]})")
+    p.add_argument("--uids", help="with --data: a file with one seriesuid a line")
+    p.add_argument("--seg-dir", help="with --scans: LUNA16 lung masks (<uid>.mhd) to use instead of thresholding")
+    p.add_argument("--out", required=True, help="run folder (created)")
+    p.add_argument("--threshold", type=float, default=-2.0, help="logit threshold (default -2)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
+    p.add_argument("--tile", type=_positive_int, default=144,
+                   help="tile side in voxels without the margin, a multiple of 16 (default 144; smaller scans "
+                   "use smaller tiles)")
+    p.add_argument("--margin", type=int, default=32, help="context voxels around each tile (default 32)")
+    p.add_argument("--tile-batch", type=_positive_int, default=1, help="tiles per forward pass (default 1)")
+    p.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none", help="autocast (default none)")
+    p.add_argument("--overlays", action="store_true", help="a PNG per mark above --overlay-min-prob")
+    p.add_argument("--overlay-min-prob", type=float, default=0.5, help="default 0.5")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_detect)
+
+
+COMMANDS = [add_phantom, add_preprocess, add_train, add_em, add_detect, add_evaluate]
 
 
 def build_parser():

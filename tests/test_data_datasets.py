@@ -218,3 +218,14 @@ def test_split_comb_defaults_and_errors(pre):
     item = ds[0]
     assert item["grid"] == (2, 3, 3) and item["tiles"].shape == (18, 1, 80, 80, 80)
     assert item["coord"].shape == (18, 3, 20, 20, 20) and item["shape"] == SCAN_SHAPE
+
+
+def test_split_comb_per_axis_sides():
+    rng = np.random.default_rng(1)
+    img = rng.integers(0, 255, (30, 17, 41)).astype(np.uint8)
+    sc = D.SplitComb(side_len=(16, 8, 24), margin=4, stride=1)
+    tiles, grid = sc.split(img)
+    assert grid == (2, 3, 2) and sc.tile_shape == (24, 16, 32)
+    assert tiles.shape == (12, 24, 16, 32)
+    np.testing.assert_array_equal(sc.combine(tiles, grid, img.shape), img)
+    assert D.SplitComb(side_len=144).grid((150, 100, 300)) == D.SplitComb(side_len=(144,) * 3).grid((150, 100, 300))

@@ -133,12 +133,18 @@ class CropDataset(torch.utils.data.Dataset):
     def _scan_boxes(self, uid):
         return np.load(os.path.join(self.data_dir, uid + "_label.npy")).astype(np.float32).reshape(-1, 4)
 
-    def set_boxes(self, boxes=None):
-        """Sets the boxes to sample around ({uid: [N, 4]}; None: the scans' labels)."""
-        self.boxes = {}
+    def set_boxes(self, boxes=None, weights=None):
+        """Sets the boxes to sample around ({uid: [N, 4]}; None: the scans' labels) and their
+        loss weights ({uid: [N]}; None: 1), which items carry as 'weights'."""
+        self.boxes, self.weights = {}, {}
         for uid in self.uids:
             b = self._scan_boxes(uid) if boxes is None else boxes.get(uid, np.zeros((0, 4)))
             self.boxes[uid] = np.asarray(b, dtype=np.float32).reshape(-1, 4)
+            w = None if weights is None else weights.get(uid)
+            w = np.ones(len(self.boxes[uid])) if w is None else np.asarray(w, dtype=np.float32).reshape(-1)
+            if len(w) != len(self.boxes[uid]):
+                raise ValueError("scan %s: %d weights for %d boxes" % (uid, len(w), len(self.boxes[uid])))
+            self.weights[uid] = w.astype(np.float32)
         self.samples = []
         for uid in self.uids:
             b = self.boxes[uid]
@@ -211,13 +217,14 @@ class CropDataset(torch.utils.data.Dataset):
                     boxes[:, axis] = self.crop[axis] - 1 - boxes[:, axis]
         half = boxes[:, 3:] / 2
         keep = np.all((boxes[:, :3] + half > -0.5) & (boxes[:, :3] - half < self.crop - 0.5), axis=1)
-        return self._item(uid, crop, coord, boxes[keep], start, scale, flip)
+        return self._item(uid, crop, coord, boxes[keep], start, scale, flip, self.weights[uid][keep])
 
-    def _item(self, uid, crop, coord, boxes, start, scale, flip):
+    def _item(self, uid, crop, coord, boxes, start, scale, flip, weights):
         return {
             "image": torch.from_numpy(normalize(np.ascontiguousarray(crop))[None]),
             "coord": torch.from_numpy(np.ascontiguousarray(coord)),
             "boxes": torch.from_numpy(boxes.astype(np.float32)),
+            "weights": torch.from_numpy(weights.astype(np.float32)),
             "uid": uid,
             "start": torch.from_numpy(np.asarray(start, dtype=np.float32)),
             "scale": float(scale),
@@ -235,14 +242,14 @@ class WeakCropDataset(CropDataset):
         self._weak = {u: load_weak(data_dir, u) for u in uids}
         super().__init__(data_dir, uids, boxes=pseudo_boxes or {}, **kwargs)
 
-    def set_pseudo_boxes(self, pseudo_boxes):
-        self.set_boxes(pseudo_boxes or {})
+    def set_pseudo_boxes(self, pseudo_boxes, weights=None):
+        self.set_boxes(pseudo_boxes or {}, weights)
 
     def weak_labels(self, uid):
         return self._weak[uid]
 
-    def _item(self, uid, crop, coord, boxes, start, scale, flip):
-        item = super()._item(uid, crop, coord, boxes, start, scale, flip)
+    def _item(self, uid, crop, coord, boxes, start, scale, flip, weights):
+        item = super()._item(uid, crop, coord, boxes, start, scale, flip, weights)
         z = (self._weak[uid][:, 0].astype(np.float64) - start[0]) * scale
         item["weak_z"] = torch.from_numpy(z.astype(np.float32))
         return item
@@ -261,48 +268,72 @@ class SplitComb:
     """Whole-scan tiling: the scan, padded with pad_value by `margin` on the low side and up to
     a whole number of `side_len` tiles plus `margin` on the high side, is cut into tiles of
     side_len + 2 * margin (DeepLung: 144 + 2*32 = 208); `combine` drops each tile output's
-    margin (margin / stride cells) and stitches the rest."""
+    margin (margin / stride cells) and stitches the rest.
+
+    side_len is one int (cubic tiles) or three (z, y, x): a scan smaller than DeepLung's 144
+    on an axis can then be one tile of about its own size there (deepem.infer sizes them)."""
 
     def __init__(self, side_len=144, margin=32, stride=4, pad_value=PAD_VALUE):
-        if side_len % stride or margin % stride or side_len <= 0 or margin < 0:
-            raise ValueError("side_len %d and margin %d must be multiples of stride %d" % (side_len, margin, stride))
+        sides = np.broadcast_to(np.asarray(side_len, dtype=np.int64), (3,)).copy()
+        if np.any(sides % stride) or margin % stride or np.any(sides <= 0) or margin < 0:
+            raise ValueError("side_len %s and margin %d must be multiples of stride %d"
+                             % (np.asarray(side_len).tolist(), margin, stride))
         self.side_len, self.margin, self.stride, self.pad_value = side_len, margin, stride, pad_value
+        self.sides = sides
+
+    @property
+    def tile_shape(self):
+        """Input voxels of one tile (z, y, x): side + 2 * margin per axis."""
+        return tuple(int(s) + 2 * self.margin for s in self.sides)
 
     def grid(self, shape):
-        return tuple(int(np.ceil(s / self.side_len)) for s in shape)
+        return tuple(int(np.ceil(s / side)) for s, side in zip(shape, self.sides))
 
     def starts(self, shape):
         """Scan voxel of each tile's voxel 0, [n, 3] int (tiles in z, y, x raster order)."""
         g = self.grid(shape)
         idx = np.stack(np.meshgrid(*[np.arange(n) for n in g], indexing="ij"), -1).reshape(-1, 3)
-        return idx * self.side_len - self.margin
+        return idx * self.sides - self.margin
 
     def split(self, image):
-        """image (Z, Y, X) -> (tiles [n, side+2m, side+2m, side+2m] of image's dtype, grid)."""
-        size = np.full(3, self.side_len + 2 * self.margin)
-        tiles = np.stack([extract(image, s, size, self.pad_value) for s in self.starts(image.shape)])
+        """image (Z, Y, X) -> (tiles [n, *tile_shape] of image's dtype, grid)."""
+        tiles = np.stack([extract(image, s, self.tile_shape, self.pad_value) for s in self.starts(image.shape)])
         return tiles, self.grid(image.shape)
 
     def coords(self, shape):
-        """Coordinate maps of the tiles, float32 [n, 3, c, c, c], c = (side + 2m) / stride."""
-        size = np.full(3, self.side_len + 2 * self.margin)
-        return np.stack([coord_map(s, size, shape, self.stride) for s in self.starts(shape)])
+        """Coordinate maps of the tiles, float32 [n, 3, *tile_shape / stride]."""
+        return np.stack([coord_map(s, self.tile_shape, shape, self.stride) for s in self.starts(shape)])
+
+    def output_shape(self, grid):
+        """Cells of the stitched output before the cut: grid * side / stride per axis."""
+        return tuple(int(g) * int(s) // self.stride for g, s in zip(grid, self.sides))
+
+    def paste(self, out, tile_output, index, grid):
+        """Writes tile `index`'s output [*tile_shape / stride, ...] without its margin into the
+        stitched output `out` [*output_shape(grid), ...] (numpy or torch)."""
+        k = self.sides // self.stride
+        m = self.margin // self.stride
+        pos = np.unravel_index(int(index), tuple(grid))
+        dst = tuple(slice(int(p) * int(kk), (int(p) + 1) * int(kk)) for p, kk in zip(pos, k))
+        out[dst] = tile_output[m:m + int(k[0]), m:m + int(k[1]), m:m + int(k[2])]
 
     def combine(self, outputs, grid, shape=None):
-        """Per-tile outputs [n, c, c, c, ...] (numpy or torch) -> whole-scan output
-        [gz*k, gy*k, gx*k, ...] with k = side / stride, cut to ceil(shape / stride) if given."""
-        k, m = self.side_len // self.stride, self.margin // self.stride
+        """Per-tile outputs [n, cz, cy, cx, ...] (numpy or torch) -> whole-scan output
+        [gz*kz, gy*ky, gx*kx, ...] with k = side / stride, cut to ceil(shape / stride) if given."""
         n = int(np.prod(grid))
         if len(outputs) != n:
             raise ValueError("combine: %d tile outputs for a grid of %s (%d tiles)" % (len(outputs), grid, n))
-        full = tuple(g * k for g in grid) + tuple(outputs.shape[4:])
+        full = self.output_shape(grid) + tuple(outputs.shape[4:])
         out = outputs.new_zeros(full) if torch.is_tensor(outputs) else np.zeros(full, dtype=outputs.dtype)
-        for t, (iz, iy, ix) in enumerate(np.ndindex(*grid)):
-            out[iz * k:(iz + 1) * k, iy * k:(iy + 1) * k, ix * k:(ix + 1) * k] = outputs[t, m:m + k, m:m + k, m:m + k]
+        for t in range(n):
+            self.paste(out, outputs[t], t, grid)
         if shape is not None:
-            c = [int(np.ceil(s / self.stride)) for s in shape]
-            out = out[: c[0], : c[1], : c[2]]
+            out = out[tuple(slice(0, c) for c in self.cells(shape))]
         return out
+
+    def cells(self, shape):
+        """Output cells that cover a scan of `shape`: ceil(shape / stride) per axis."""
+        return tuple(int(np.ceil(s / self.stride)) for s in shape)
 
 
 class ScanDataset(torch.utils.data.Dataset):

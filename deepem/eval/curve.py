@@ -99,7 +99,8 @@ class Curve:
         """np.interp(q, x, y) of each row's curve, using its first `prefix` false positives;
         also where that was not enough."""
         B = len(counts)
-        T, D, L = (counts @ self.false_pos)[:, None], (counts @ self.detected)[:, None], (counts @ self.nodules)[:, None]
+        # totals of the resample: false positives, detected nodules, nodules
+        T, D, L = ((counts @ a)[:, None] for a in (self.false_pos, self.detected, self.nodules))
         x = lambda c: _fp_per_scan(c, T, self.n)  # noqa: E731
         # k = the most false positives whose x is still <= q (x is monotone in the count; the
         # float rounding of the script's x moves k by at most one from floor(q n))

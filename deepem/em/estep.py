@@ -1,0 +1,117 @@
+"""The E-step over weak scans: whole-scan detection with the current model (deepem.infer's
+path), proposals above the logit threshold whose centre lies in some weak label's z window,
+NMS, then the posterior of every weak label over its scan's proposals (em_posterior: the
+detector's probability x the half-Gaussian z term x the lobe model's p(lobe)), and a pick per
+label by MAP or k draws (em_map / em_sample). Every weak label gets its own picks.
+
+Detection is sharded over ranks; the proposals are all-gathered and the posterior and picks
+are computed for all scans in one global order on every rank, so N ranks give exactly the
+pseudo boxes of 1 rank."""
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ..data import datasets, preprocess
+from ..infer import Detector
+from ..ops import em_map, em_posterior, em_sample, pseudo_boxes
+from ..train import distributed
+from .lobe import LobeModel, features
+
+CSV_COLUMNS = ("seriesuid", "weak_index", "draw", "coordX", "coordY", "coordZ", "diameter_mm", "posterior",
+               "weak_coordZ", "lobe")
+
+
+@dataclass
+class EStepResult:
+    boxes: dict  # uid -> float32 [n, 4] (z, y, x, d) pseudo boxes (grid voxels), merged picks
+    weights: dict  # uid -> float32 [n] posterior of each pseudo box
+    rows: list  # CSV rows (CSV_COLUMNS), one per pick
+    lobe_feats: torch.Tensor  # [n, 3] features of picked proposals ...
+    lobe_labels: torch.Tensor  # [n] ... and the weak lobe that picked them
+    profile: dict = field(default_factory=dict)
+
+
+def scan_proposals(detector: Detector, image, weak_z: np.ndarray, threshold: float, z_window: float,
+                   nms_iou: float) -> torch.Tensor:
+    """Proposals [P, 5] (logit, z, y, x, d) of one scan that can explain one of its weak labels."""
+    candidates = detector.decode(detector.network_output(image), threshold).cpu()
+    if len(weak_z) == 0 or len(candidates) == 0:
+        return candidates[:0]
+    dz = (candidates[:, 1:2] - torch.as_tensor(weak_z, dtype=candidates.dtype)[None]).abs()
+    near = (dz <= z_window).any(1)
+    return detector.postprocess(candidates[near], nms_iou=nms_iou, min_diameter=0.0, max_marks=None)
+
+
+def run_estep(model, data_dir: str, uids: list, config, lobe: LobeModel, epoch: int,
+              ctx: distributed.Context) -> EStepResult:
+    """E-step on `uids` (the scans sampled this epoch), in their order."""
+    em, det = config.em, config.detect
+    detector = Detector(model, device=ctx.device, tile=det.tile, margin=det.margin, tile_batch=det.tile_batch,
+                        amp=config.run.amp)
+    t0 = time.perf_counter()
+    mine = {}
+    for i in range(ctx.rank, len(uids), ctx.world):
+        uid = uids[i]
+        image, _, meta = datasets.load_scan(data_dir, uid)
+        weak = datasets.load_weak(data_dir, uid)
+        mine[uid] = scan_proposals(detector, np.asarray(image), weak[:, 0], em.threshold, em.z_window, em.nms_iou)
+    t_detect = time.perf_counter() - t0
+    proposals = {}
+    for part in distributed.all_gather_object(mine, ctx):
+        proposals.update(part)
+    model.train()
+    t1 = time.perf_counter()
+    result = posterior_and_picks(data_dir, uids, proposals, lobe, config, epoch)
+    result.profile.update({"scans": len(uids), "seconds_detection": t_detect,
+                           "seconds_posterior_pick": time.perf_counter() - t1,
+                           "proposals_per_scan": float(np.mean([len(proposals[u]) for u in uids])) if uids else 0.0})
+    return result
+
+
+def posterior_and_picks(data_dir, uids, proposals, lobe, config, epoch) -> EStepResult:
+    """The batched posterior (all scans padded to one [B, P, 5]) and the picks."""
+    em = config.em
+    B = len(uids)
+    weak = [datasets.load_weak(data_dir, u) for u in uids]
+    metas = [preprocess.load_meta(data_dir, u) for u in uids]
+    P = max([len(proposals[u]) for u in uids] + [1])
+    M = max([len(w) for w in weak] + [1])
+    props = torch.zeros(B, P, 5)
+    num_p = torch.zeros(B, dtype=torch.long)
+    weak_z = torch.zeros(B, M)
+    weak_lobe = torch.zeros(B, M, dtype=torch.long)
+    num_w = torch.zeros(B, dtype=torch.long)
+    lobe_lp = torch.zeros(B, P, lobe.linear.out_features)
+    with torch.no_grad():
+        for b, u in enumerate(uids):
+            p, w = proposals[u], weak[b]
+            props[b, : len(p)], num_p[b] = p, len(p)
+            weak_z[b, : len(w)], weak_lobe[b, : len(w)], num_w[b] = torch.from_numpy(w[:, 0]), \
+                torch.from_numpy(w[:, 1]).long(), len(w)
+            if len(p):
+                lobe_lp[b, : len(p)] = lobe.log_probs(features(p[:, 1:4], metas[b]["shape"]))
+    lp, has = em_posterior(props, num_p, weak_z, weak_lobe, num_w, lobe_lp if em.use_lobe else None,
+                           mu=em.mu, sigma=em.sigma, z_window=em.z_window)
+    picks = em_map(lp)[..., None] if em.method == "map" else em_sample(lp, em.k, seed=config.run.seed, offset=epoch)
+    merged = pseudo_boxes(props, picks, lp)
+    boxes, weights = {}, {}
+    for b, (bx, wt) in enumerate(merged.per_scan(B)):
+        boxes[uids[b]] = bx.numpy().astype(np.float32)
+        weights[uids[b]] = wt.numpy().astype(np.float32)
+    rows, feats, labels = [], [], []
+    for b, m, d in zip(*[t.tolist() for t in torch.nonzero(picks >= 0, as_tuple=True)]):
+        j = int(picks[b, m, d])
+        z, y, x, diam = props[b, j, 1:5].tolist()
+        meta = metas[b]
+        world = preprocess.grid_to_world(np.array([z, y, x]), meta)
+        weak_world = preprocess.grid_to_world(np.array([float(weak_z[b, m]), y, x]), meta)
+        rows.append([uids[b], m, d, *map(float, world), diam * meta.get("resolution", 1.0),
+                     float(lp[b, m, j].exp()), float(weak_world[2]), int(weak_lobe[b, m])])
+        feats.append(features(props[b, j, 1:4][None], meta["shape"])[0])
+        labels.append(int(weak_lobe[b, m]))
+    real = torch.arange(M)[None] < num_w[:, None]
+    profile = {"labels": int(num_w.sum()), "labels_without_candidates": int((real & ~has).sum())}
+    return EStepResult(boxes, weights, rows, torch.stack(feats) if feats else torch.zeros(0, 3),
+                       torch.tensor(labels, dtype=torch.long), profile)

@@ -1,0 +1,93 @@
+"""DeepEM training (Algorithm 1 of the paper): from a supervised checkpoint, each epoch
+  E-step on a seeded share of the weak scans (pseudo boxes of the others are kept),
+  lobe model update on the (picked proposal, weak lobe) pairs,
+  M-step: one pass over the weak scans with pseudo boxes (negatives kept out of each weak
+  label's z band; optionally posterior-weighted), then one supervised epoch,
+through the same Trainer as `deepem train` (checkpoints, exact resume, NaN guard, metrics)."""
+import math
+import os
+from typing import Optional
+
+import numpy as np
+import torch
+
+from ..data import datasets
+from ..train import checkpoint, config as cfg
+from ..train.trainer import Trainer, check_data_root, lr_at, read_split, validate
+from ..train.checkpoint import atomic_write
+from .estep import CSV_COLUMNS, run_estep
+from .lobe import LobeModel
+
+
+def sample_scans(uids, fraction, seed, epoch):
+    """The weak scans re-estimated this epoch: a seeded share, in split order."""
+    n = max(1, int(math.ceil(fraction * len(uids))))
+    chosen = np.random.default_rng([seed, epoch, 13]).choice(len(uids), size=min(n, len(uids)), replace=False)
+    return [uids[i] for i in sorted(chosen)]
+
+
+def write_csv(path, rows):
+    import csv
+    import io
+
+    text = io.StringIO()
+    w = csv.writer(text, lineterminator="\n")
+    w.writerow(CSV_COLUMNS)
+    for r in rows:
+        w.writerow([("%.6g" % v) if isinstance(v, float) else v for v in r])
+    atomic_write(path, lambda f: f.write(text.getvalue().encode()))
+
+
+def em_fit(config: cfg.TrainConfig, init: Optional[str] = None, resume: Optional[str] = None,
+           trainer: Optional[Trainer] = None, stop_at: Optional[int] = None) -> Trainer:
+    """EM training for config.optim.epochs epochs starting from the supervised checkpoint `init`
+    (resume: 'auto' or a path continues an EM run exactly)."""
+    check_data_root(config.data.root)
+    c, em = config, config.em
+    t = trainer or Trainer(c)
+    full_uids = read_split(c, c.data.train_split)
+    weak_uids = read_split(c, em.weak_split)
+    common = dict(crop_size=c.data.crop_size, seed=c.run.seed, random_fraction=c.data.random_fraction)
+    full_set = datasets.CropDataset(c.data.root, full_uids, **common)
+    weak_set = datasets.WeakCropDataset(c.data.root, weak_uids, **common)
+    val_set = datasets.CropDataset(c.data.root, read_split(c, c.data.val_split), train=False, crop_size=c.data.crop_size,
+                                   seed=c.run.seed) if c.data.val_split else None
+    lobe = LobeModel().to(t.device)
+    boxes, weights = {}, {}
+    if t.ctx.main and c.run.out:
+        os.makedirs(c.run.out, exist_ok=True)
+        cfg.save_config(c, os.path.join(c.run.out, "config.yaml"))
+    state = t.resume(resume) if resume else None
+    if state is not None:
+        lobe.load_state_dict(state["em"]["lobe"])
+        boxes, weights = state["em"]["boxes"], state["em"]["weights"]
+    elif init:
+        t.model.load_state_dict(checkpoint.load(init, map_location=t.device)["model"])
+    end = c.optim.epochs if stop_at is None else min(stop_at, c.optim.epochs)
+    while t.epoch < end:
+        epoch = t.epoch
+        chosen = sample_scans(weak_uids, em.fraction, c.run.seed, epoch)
+        est = run_estep(t.model, c.data.root, chosen, c, lobe, epoch, t.ctx)
+        boxes.update(est.boxes)
+        weights.update(est.weights)
+        if t.ctx.main and c.run.out:
+            write_csv(os.path.join(c.run.out, "pseudo_boxes", "epoch_%03d.csv" % epoch), est.rows)
+        lobe_loss = lobe.fit(est.lobe_feats.to(t.device), est.lobe_labels.to(t.device),
+                             em.lobe_lr_factor * lr_at(c, epoch), em.lobe_steps)
+        est.profile.update({"epoch": epoch, "picks": len(est.rows), "lobe_loss": lobe_loss})
+        t.log({"kind": "estep", **est.profile})
+        record = {"epoch": epoch, "estep": est.profile}
+        weak_set.set_pseudo_boxes(boxes, weights)
+        if len(weak_set.samples):
+            record["weak"] = t.train_epoch(weak_set, epoch, steps=em.weak_steps, tag="weak", weighted=em.weighted,
+                                           stream=1)
+        record["train"] = t.train_epoch(full_set, epoch, steps=em.full_steps or c.optim.steps_per_epoch, tag="full")
+        metric = validate(t, val_set, epoch)
+        record.update(metric)
+        t.history.append(record)
+        t.log({"kind": "epoch", **record})
+        t.epoch = epoch + 1
+        t.save(metric.get("selection", record["train"]["loss"]),
+               extra={"em": {"lobe": lobe.state_dict(), "boxes": boxes, "weights": weights}})
+        t.plot()
+    return t

@@ -1,0 +1,239 @@
+"""Training configuration: nested dataclasses, read from one YAML file plus `--set a.b=value`
+overrides. Unknown keys and values of the wrong type are rejected with the key's name. The
+defaults are the paper's GPU settings; `PRESETS` holds the small CPU model.
+"""
+import dataclasses
+import os
+import typing
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A bad configuration: the message names the key and what was expected."""
+
+
+@dataclass
+class DataConfig:
+    root: str = ""  # preprocessed folder (deepem preprocess output)
+    splits: str = ""  # JSON {split name: [uids]}; default: <root>/splits.json
+    train_split: str = "full"  # split name in `splits`, or a text file with one uid a line
+    val_split: str = "val"  # split for model selection ('' for none); never the test split
+    crop_size: int = 96  # training crop side (voxels, multiple of 16)
+    random_fraction: float = 0.3  # share of random crops (DeepLung: 0.3)
+    workers: int = 2  # DataLoader worker processes (0: load in the main process)
+
+
+@dataclass
+class ModelConfig:
+    width: float = 1.0  # channel multiplier of the Res18 (1: DeepLung's 5.4 M parameters)
+    dropout: float = 0.5  # Dropout3d before the head
+
+
+@dataclass
+class LossConfig:
+    pos_threshold: float = 0.5  # anchor IoU for a positive
+    neg_threshold: float = 0.02  # anchors below this IoU may be negatives
+    num_neg: int = 800  # sampled negatives per crop
+    num_hard: int = 2  # hard negatives per crop in the loss
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3  # SGD learning rate
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    batch_size: int = 32  # crops per step (over all processes)
+    epochs: int = 100
+    steps_per_epoch: int = 0  # 0: one pass over the crops; else exactly this many steps
+    lr_milestones: List[float] = field(default_factory=lambda: [0.5, 0.75])  # fractions of the epochs
+    lr_factors: List[float] = field(default_factory=lambda: [0.5, 0.1])  # lr x factor from each milestone
+
+
+@dataclass
+class RunConfig:
+    out: str = ""  # run folder (checkpoints, metrics.jsonl, loss.png, config.yaml)
+    seed: int = 0  # every random choice follows it
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: str = "none"  # none | bf16 | fp16 (autocast; GPU)
+    channels_last: bool = False  # channels-last-3d memory format
+    threads: int = 0  # CPU threads for torch (0: torch's default)
+    log_every: int = 10  # steps between metrics.jsonl lines
+    val_every: int = 1  # epochs between validations
+    select: str = "loss"  # model selection on the validation split: loss | cpm (detect + LUNA16 FROC)
+    progress: bool = True  # progress bars
+
+
+@dataclass
+class DetectConfig:
+    threshold: float = -2.0  # logit threshold of the marks
+    nms_iou: float = 0.1  # cube IoU of DeepLung's post-processing
+    min_diameter: float = 3.0  # mm
+    max_marks: int = 100  # per scan (LUNA16)
+    tile: int = 144  # tile side without margins (voxels, multiple of 4); DeepLung: 144
+    margin: int = 32  # tile margin on each side (DeepLung: 32)
+    tile_batch: int = 1  # tiles per network call (GPU memory)
+
+
+@dataclass
+class EMConfig:
+    weak_split: str = "weak"  # weakly labelled scans (split name or uid file)
+    method: str = "sample"  # map | sample (k draws per weak label)
+    k: int = 2  # draws per weak label when sampling (paper: 2)
+    fraction: float = 0.0625  # share of weak scans re-estimated per epoch (public code: 1/16)
+    threshold: float = -3.0  # logit threshold of E-step proposals (paper: -3)
+    nms_iou: float = 0.1  # cube IoU of E-step NMS
+    mu: float = 1.63  # half-Gaussian offset, mm (minimal nodule radius)
+    sigma: float = 2.38  # half-Gaussian spread, mm
+    z_window: float = 13.0  # admissible |z_m - z_H| (public code: 13 slices)
+    use_lobe: bool = True  # multiply the posterior by the lobe model's p(lobe | proposal)
+    lobe_lr_factor: float = 10.0  # lobe model lr = this x the detector's lr (paper: 10)
+    lobe_steps: int = 50  # full-batch SGD steps of the lobe model per epoch
+    weighted: bool = False  # scale pseudo boxes' loss terms by their posterior
+    exclude_band: float = 5.0  # no negatives within weak z +- this (voxels) in weak crops
+    weak_steps: int = 0  # M-step steps over weak crops per epoch (0: one pass)
+    full_steps: int = 0  # supervised steps per epoch (0: optim.steps_per_epoch)
+
+
+@dataclass
+class TrainConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    detect: DetectConfig = field(default_factory=DetectConfig)
+    em: EMConfig = field(default_factory=EMConfig)
+
+
+# Named starting points; a YAML file and --set apply on top.
+PRESETS = {
+    "paper": {},  # DeepLung/DeepEM on a GPU: full width, 96^3 crops, batch 32
+    # 2 CPU cores: a quarter-width Res18 on 48^3 crops; batches of 8 cost about 2x one crop
+    # (benchmarks/bench_train.py), so steps are batched.
+    "cpu": {"model": {"width": 0.25}, "data": {"crop_size": 48, "workers": 1},
+            "optim": {"batch_size": 8, "lr": 0.01, "epochs": 20}, "loss": {"num_neg": 200}},
+}
+
+
+def from_dict(values: dict, cls=TrainConfig, prefix: str = ""):
+    """A config dataclass from a nested dict; unknown keys and wrong types raise ConfigError."""
+    if values is None:
+        values = {}
+    if not isinstance(values, dict):
+        raise ConfigError("%s: expected a mapping, got %r" % (prefix or "config", values))
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    hints = typing.get_type_hints(cls)
+    for key, value in values.items():
+        path = prefix + str(key)
+        if key not in names:
+            raise ConfigError("unknown config key '%s' (known: %s)" % (path, ", ".join(sorted(names))))
+        kind = hints[key]
+        if dataclasses.is_dataclass(kind):
+            kwargs[key] = from_dict(value, kind, path + ".")
+        else:
+            kwargs[key] = _coerce(value, kind, path)
+    return cls(**kwargs)
+
+
+def _coerce(value, kind, path):
+    origin = typing.get_origin(kind)
+    if origin in (list, List):
+        (item,) = typing.get_args(kind)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError("config key '%s' must be a list, got %r" % (path, value))
+        return [_coerce(v, item, path) for v in value]
+    if origin is typing.Union:  # Optional[X]
+        if value is None:
+            return None
+        return _coerce(value, [a for a in typing.get_args(kind) if a is not type(None)][0], path)
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if kind is str and value is None:
+        return ""
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ConfigError("config key '%s' must be %s, got %r" % (path, kind.__name__, value))
+    return value
+
+
+def to_dict(config) -> dict:
+    return dataclasses.asdict(config)
+
+
+def merge(base: dict, update: dict) -> dict:
+    out = dict(base)
+    for k, v in (update or {}).items():
+        out[k] = merge(out.get(k, {}), v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def parse_overrides(items: Optional[List[str]]) -> dict:
+    """['optim.lr=0.01', 'model.width=0.25'] -> nested dict (values parsed as YAML scalars)."""
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ConfigError("--set expects key=value (e.g. optim.lr=0.01), got '%s'" % item)
+        key, text = item.split("=", 1)
+        node = out
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = yaml.safe_load(text)
+    return out
+
+
+def load_config(path: Optional[str] = None, preset: Optional[str] = None, overrides=None,
+                extra: Optional[dict] = None) -> TrainConfig:
+    """preset, then the YAML file, then `extra` (a dict), then --set overrides."""
+    values = {}
+    if preset:
+        if preset not in PRESETS:
+            raise ConfigError("unknown preset '%s' (known: %s)" % (preset, ", ".join(PRESETS)))
+        values = merge(values, PRESETS[preset])
+    if path:
+        if not os.path.isfile(path):
+            raise ConfigError("config file '%s' does not exist" % path)
+        with open(path) as f:
+            try:
+                loaded = yaml.safe_load(f)
+            except yaml.YAMLError as e:
+                raise ConfigError("config file '%s' is not valid YAML: %s" % (path, e)) from None
+        values = merge(values, loaded or {})
+    values = merge(values, extra or {})
+    values = merge(values, parse_overrides(overrides))
+    config = from_dict(values)
+    validate(config)
+    return config
+
+
+def validate(config: TrainConfig) -> None:
+    c = config
+    if c.data.crop_size <= 0 or c.data.crop_size % 16:
+        raise ConfigError("config key 'data.crop_size' must be a positive multiple of 16, got %d" % c.data.crop_size)
+    if not 0 <= c.data.random_fraction < 1:
+        raise ConfigError("config key 'data.random_fraction' must be in [0, 1), got %r" % c.data.random_fraction)
+    for key, value in (("optim.batch_size", c.optim.batch_size), ("optim.epochs", c.optim.epochs),
+                       ("run.log_every", c.run.log_every), ("run.val_every", c.run.val_every)):
+        if value < 1:
+            raise ConfigError("config key '%s' must be >= 1, got %d" % (key, value))
+    if c.optim.lr <= 0 or c.model.width <= 0:
+        raise ConfigError("config keys 'optim.lr' and 'model.width' must be > 0")
+    if len(c.optim.lr_milestones) != len(c.optim.lr_factors):
+        raise ConfigError("config keys 'optim.lr_milestones' and 'optim.lr_factors' must have the same length")
+    if c.run.select not in ("loss", "cpm"):
+        raise ConfigError("config key 'run.select' must be loss or cpm, got '%s'" % c.run.select)
+    if c.em.method not in ("map", "sample"):
+        raise ConfigError("config key 'em.method' must be map or sample, got '%s'" % c.em.method)
+    if not 0 < c.em.fraction <= 1:
+        raise ConfigError("config key 'em.fraction' must be in (0, 1], got %r" % c.em.fraction)
+    if c.run.amp not in ("none", "bf16", "fp16"):
+        raise ConfigError("config key 'run.amp' must be none, bf16 or fp16, got '%s'" % c.run.amp)
+
+
+def save_config(config: TrainConfig, path: str) -> None:
+    from .checkpoint import atomic_write
+
+    atomic_write(path, lambda f: f.write(yaml.safe_dump(to_dict(config), sort_keys=False).encode()))

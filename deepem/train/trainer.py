@@ -1,0 +1,352 @@
+"""The one training loop: supervised epochs here, and the EM M-step (deepem.em) through the same
+`train_epoch` with other crops. Checkpoints, exact resume, NaN guard, metrics and model
+selection on the validation split live here too."""
+import json
+import math
+import os
+import time
+from typing import Optional
+
+import numpy as np
+import torch
+
+from ..data import datasets
+from ..model import DetectionLoss, Res18
+from . import checkpoint, distributed
+from .config import TrainConfig, save_config, to_dict
+from .sampling import EpochSampler
+
+
+class NonFiniteLoss(RuntimeError):
+    """Training stopped on a NaN/Inf loss; the last good checkpoint is left intact."""
+
+
+def read_split(config: TrainConfig, name: str) -> list:
+    """uids of a split: a name in the splits JSON, or a text file with one uid a line."""
+    if os.path.isfile(name):
+        with open(name) as f:
+            return [line.strip() for line in f if line.strip()]
+    path = config.data.splits or os.path.join(config.data.root, "splits.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError("splits file '%s' does not exist (config data.splits)" % path)
+    with open(path) as f:
+        splits = json.load(f)
+    if name not in splits:
+        raise KeyError("split '%s' is not in %s (it has: %s)" % (name, path, ", ".join(splits)))
+    return list(splits[name])
+
+
+def check_data_root(root: str) -> None:
+    if not root:
+        raise FileNotFoundError("config data.root is empty: give the preprocessed folder (deepem preprocess output)")
+    if not os.path.isdir(root):
+        raise FileNotFoundError("config data.root '%s' is not a folder" % root)
+
+
+def lr_at(config: TrainConfig, epoch: int) -> float:
+    """DeepLung's step schedule: lr x factor from each milestone (a fraction of the epochs) on."""
+    factor = 1.0
+    for milestone, f in zip(config.optim.lr_milestones, config.optim.lr_factors):
+        if epoch >= milestone * config.optim.epochs:
+            factor = f
+    return config.optim.lr * factor
+
+
+def step_seed(seed: int, epoch: int, step: int, rank: int) -> int:
+    """Labelling seed of one step: distinct per (seed, epoch, step, rank)."""
+    return int(np.random.default_rng([seed, epoch, step, rank, 11]).integers(1 << 62))
+
+
+def rng_state(device) -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict, device) -> None:
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+class Trainer:
+    """Model, optimizer, loss and run folder of one training run (any world size)."""
+
+    def __init__(self, config: TrainConfig, ctx: Optional[distributed.Context] = None):
+        self.config = config
+        self.ctx = ctx or distributed.setup(config.run.device)
+        if config.run.threads > 0:
+            torch.set_num_threads(config.run.threads)
+        if self.ctx.device.type == "cpu":
+            torch.set_flush_denormal(True)  # denormal activations slow CPU convolutions many-fold
+        torch.manual_seed(config.run.seed)
+        self.device = self.ctx.device
+        self.model = Res18(config.model.width, dropout=config.model.dropout).to(self.device)
+        if config.run.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last_3d)
+        self.net = self.model
+        if self.ctx.distributed:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.net = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        self.loss = DetectionLoss(pos_threshold=config.loss.pos_threshold, neg_threshold=config.loss.neg_threshold,
+                                  num_neg=config.loss.num_neg, num_hard=config.loss.num_hard)
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.optim.lr,
+                                         momentum=config.optim.momentum, weight_decay=config.optim.weight_decay)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.run.amp == "fp16")
+        self.epoch = 0  # the next epoch to run
+        self.best = None  # (metric, epoch): lower is better
+        self.history = []
+        self.out = config.run.out
+
+    # ---- one pass -------------------------------------------------------------------------
+    def autocast(self):
+        if self.config.run.amp == "none":
+            return torch.autocast(self.device.type, enabled=False)
+        dtype = torch.bfloat16 if self.config.run.amp == "bf16" else torch.float16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def loader(self, dataset, epoch: int, steps: int = 0, stream: int = 0):
+        c = self.config
+        sampler = EpochSampler(len(dataset), c.optim.batch_size, steps, c.run.seed + 7919 * stream,
+                               self.ctx.rank, self.ctx.world)
+        sampler.set_epoch(epoch)
+        dataset.set_epoch(epoch)
+        return torch.utils.data.DataLoader(dataset, batch_size=c.optim.batch_size // self.ctx.world,
+                                           sampler=sampler, num_workers=c.data.workers,
+                                           collate_fn=datasets.collate, drop_last=True)
+
+    def train_epoch(self, dataset, epoch: int, steps: int = 0, tag: str = "train", weighted: bool = False,
+                    stream: int = 0) -> dict:
+        """One pass of SGD over `dataset` (steps > 0: exactly that many steps). Crops that carry
+        'weak_z' get negatives excluded in their weak z bands; with weighted=True, crops' 'weights'
+        scale their boxes' loss terms; `stream` separates the random choices of passes in one
+        epoch (the EM M-step's weak and full passes). Returns the mean loss parts."""
+        c = self.config
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr_at(c, epoch)
+        self.net.train()
+        loader = self.loader(dataset, epoch, steps, stream)
+        sums, count, t0 = {}, 0, time.perf_counter()
+        bar = self._bar(len(loader), "%s %d" % (tag, epoch))
+        for step, batch in enumerate(loader):
+            parts = self.train_step(batch, epoch, step + 100003 * stream, weighted)
+            for k, v in parts.items():
+                if isinstance(v, float) and math.isnan(v):
+                    continue
+                sums[k] = sums.get(k, 0.0) + v
+            count += 1
+            crops_per_s = count * c.optim.batch_size / (time.perf_counter() - t0)
+            if bar is not None:
+                bar.set_postfix(loss="%.3f" % parts["loss"], crops_s="%.1f" % crops_per_s)
+                bar.update()
+            if (step + 1) % c.run.log_every == 0:
+                self.log({"kind": "step", "tag": tag, "epoch": epoch, "step": step + 1, "lr": lr_at(c, epoch),
+                          "crops_per_s": crops_per_s, **parts})
+        if bar is not None:
+            bar.close()
+        means = {k: distributed.mean(v / max(count, 1), self.ctx) for k, v in sums.items()}
+        means["seconds"] = time.perf_counter() - t0
+        return means
+
+    def train_step(self, batch, epoch: int, step: int, weighted: bool = False) -> dict:
+        image = batch["image"].to(self.device, non_blocking=True)
+        coord = batch["coord"].to(self.device, non_blocking=True)
+        if self.config.run.channels_last:
+            image = image.contiguous(memory_format=torch.channels_last_3d)
+        bands = None
+        if "weak_z" in batch:
+            bands = [exclusion_band(z, self.config.em.exclude_band) for z in batch["weak_z"]]
+        weights = batch.get("weights") if weighted else None
+        with self.autocast():
+            output = self.net(image, coord)
+        result = self.loss(output, batch["boxes"], weights=weights, neg_exclude_z=bands,
+                           seed=step_seed(self.config.run.seed, epoch, step, self.ctx.rank))
+        finite = distributed.all_true(bool(torch.isfinite(result.total)), self.ctx)
+        if not finite:
+            bad = [k for k, v in result.parts.items() if isinstance(v, float) and not math.isfinite(v)]
+            raise NonFiniteLoss("non-finite loss at epoch %d, step %d (parts: %s); the last good checkpoint "
+                                "is left intact" % (epoch, step, ", ".join(bad) or "total"))
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(result.total).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return {"loss": float(result.total.detach()), **result.parts}
+
+    @torch.no_grad()
+    def validation_loss(self, dataset) -> float:
+        """Mean loss over the validation crops (one centred crop per nodule; fixed labelling seed)."""
+        if len(dataset) == 0:
+            return float("nan")
+        self.model.eval()
+        loader = torch.utils.data.DataLoader(dataset, batch_size=max(1, self.config.optim.batch_size // self.ctx.world),
+                                             num_workers=self.config.data.workers, collate_fn=datasets.collate)
+        total, n = 0.0, 0
+        for i, batch in enumerate(loader):
+            if i % self.ctx.world != self.ctx.rank:
+                continue
+            with self.autocast():
+                out = self.model(batch["image"].to(self.device), batch["coord"].to(self.device))
+            r = self.loss(out, batch["boxes"], seed=step_seed(self.config.run.seed, 1 << 20, i, 0))
+            total += float(r.total) * len(batch["boxes"])
+            n += len(batch["boxes"])
+        total = distributed.mean(total, self.ctx) * self.ctx.world
+        n = distributed.mean(float(n), self.ctx) * self.ctx.world
+        return total / max(n, 1.0)
+
+    def validation_cpm(self, uids) -> float:
+        """Validation FROC score: whole-scan detection of the validation scans (sharded over
+        ranks), LUNA16 CPM against their labels (deepem.eval, no bootstrap)."""
+        from ..data import preprocess
+        from ..eval import froc
+        from ..infer import Detector
+
+        d = self.config.detect
+        det = Detector(self.model, device=self.device, tile=d.tile, margin=d.margin, tile_batch=d.tile_batch,
+                       amp=self.config.run.amp, threshold=d.threshold, nms_iou=d.nms_iou,
+                       min_diameter=d.min_diameter, max_marks=d.max_marks)
+        marks, annotations = {}, {}
+        for i in range(self.ctx.rank, len(uids), self.ctx.world):
+            m = det.detect((self.config.data.root, uids[i]))
+            marks[uids[i]] = np.concatenate([m.world_xyz, m.probability[:, None]], 1)
+        for part in distributed.all_gather_object(marks, self.ctx):
+            marks.update(part)
+        for uid in uids:
+            image, labels, meta = datasets.load_scan(self.config.data.root, uid)
+            world = preprocess.grid_to_world(labels[:, :3].astype(np.float64), meta) if len(labels) else np.zeros((0, 3))
+            annotations[uid] = np.concatenate([world, labels[:, 3:] * meta.get("resolution", 1.0)], 1)
+        self.model.train()
+        if not any(len(a) for a in annotations.values()):
+            return float("nan")
+        return float(froc.evaluate(marks, annotations, list(uids), bootstrap=0).cpm)
+
+    # ---- run folder --------------------------------------------------------------------------
+    def _bar(self, total, desc):
+        if not (self.config.run.progress and self.ctx.main):
+            return None
+        from tqdm import tqdm
+
+        return tqdm(total=total, desc=desc, unit="step", leave=False, dynamic_ncols=True)
+
+    def log(self, record: dict) -> None:
+        if not (self.ctx.main and self.out):
+            return
+        os.makedirs(self.out, exist_ok=True)
+        with open(os.path.join(self.out, "metrics.jsonl"), "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def state(self) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict(), "rng": rng_state(self.device), "epoch": self.epoch,
+                "best": self.best, "history": self.history, "config": to_dict(self.config)}
+
+    def load_state(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"], self.device)
+        self.epoch, self.best, self.history = state["epoch"], state["best"], list(state["history"])
+
+    def save(self, metric: Optional[float], extra: Optional[dict] = None, keep: int = 2) -> None:
+        """Epoch checkpoint + last.pt (+ best.pt when `metric` improved); rank 0 only."""
+        improved = metric is not None and math.isfinite(metric) and (self.best is None or metric < self.best[0])
+        if improved:
+            self.best = (float(metric), self.epoch - 1)
+        if not (self.ctx.main and self.out):
+            return
+        folder = os.path.join(self.out, "checkpoints")
+        path = os.path.join(folder, checkpoint.EPOCH_FILE % (self.epoch - 1))
+        checkpoint.save({**self.state(), **(extra or {})}, path)
+        checkpoint.link(path, os.path.join(self.out, "last.pt"))
+        if improved:
+            checkpoint.link(path, os.path.join(self.out, "best.pt"))
+        old = sorted(os.listdir(folder))[:-keep]
+        for name in old:
+            if name.startswith("epoch_"):
+                os.unlink(os.path.join(folder, name))
+
+    def resume(self, which: str) -> Optional[dict]:
+        """which: a checkpoint path, or 'auto' (the newest in the run folder; none: fresh start).
+        Returns the checkpoint (for callers' own state) or None."""
+        path = checkpoint.latest(self.out) if which == "auto" else which
+        if path is None:
+            return None
+        state = checkpoint.load(path, map_location=self.device)
+        self.load_state(state)
+        return state
+
+    def plot(self) -> None:
+        if self.ctx.main and self.out and self.history:
+            plot_history(self.history, os.path.join(self.out, "loss.png"))
+
+
+def exclusion_band(weak_z, half_width: float):
+    """z bands [E, 2] around weak slices (crop voxels) where the M-step takes no negatives:
+    the public code's weak z +- 5 voxels."""
+    return torch.stack([weak_z - half_width, weak_z + half_width], -1)
+
+
+def plot_history(history, path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(epochs, [h["train"]["loss"] for h in history], "o-", label="train loss")
+    val = [h.get("val_loss") for h in history]
+    if any(v is not None and math.isfinite(v) for v in val):
+        ax.plot(epochs, [v if v is not None else float("nan") for v in val], "s-", label="validation loss")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    ax.legend()
+    fig.tight_layout()
+    checkpoint.atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
+    plt.close(fig)
+
+
+def validate(t: Trainer, val_set, epoch: int) -> dict:
+    """Validation record of an epoch (every run.val_every epochs and at the last): val_loss, and
+    with run.select = cpm val_cpm; 'selection' is the value model selection minimises."""
+    c = t.config
+    if val_set is None or not ((epoch + 1) % c.run.val_every == 0 or epoch + 1 == c.optim.epochs):
+        return {}
+    out = {"val_loss": t.validation_loss(val_set)}
+    if c.run.select == "cpm":
+        out["val_cpm"] = t.validation_cpm(val_set.uids)
+        out["selection"] = -out["val_cpm"]
+    else:
+        out["selection"] = out["val_loss"]
+    return out
+
+
+def fit(config: TrainConfig, resume: Optional[str] = None, trainer: Optional[Trainer] = None,
+        stop_at: Optional[int] = None) -> Trainer:
+    """Supervised training (`deepem train`): epochs over the train split's crops, validation
+    loss on the validation split for model selection, a checkpoint each epoch. stop_at: return
+    before that epoch, as if interrupted (the schedule still follows optim.epochs)."""
+    check_data_root(config.data.root)
+    t = trainer or Trainer(config)
+    c = config
+    common = dict(crop_size=c.data.crop_size, seed=c.run.seed)
+    train_set = datasets.CropDataset(c.data.root, read_split(c, c.data.train_split),
+                                     random_fraction=c.data.random_fraction, **common)
+    val_set = None
+    if c.data.val_split:
+        val_set = datasets.CropDataset(c.data.root, read_split(c, c.data.val_split), train=False, **common)
+    if t.ctx.main and c.run.out:
+        os.makedirs(c.run.out, exist_ok=True)
+        save_config(c, os.path.join(c.run.out, "config.yaml"))
+    if resume:
+        t.resume(resume)
+    while t.epoch < min(c.optim.epochs, c.optim.epochs if stop_at is None else stop_at):
+        epoch = t.epoch
+        train = t.train_epoch(train_set, epoch, steps=c.optim.steps_per_epoch)
+        record = {"epoch": epoch, "train": train, **validate(t, val_set, epoch)}
+        t.history.append(record)
+        t.log({"kind": "epoch", **record})
+        t.epoch = epoch + 1
+        t.save(record.get("selection", train["loss"]))
+        t.plot()
+    return t

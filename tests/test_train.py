@@ -1,0 +1,112 @@
+"""deepem.train: exact resume, the NaN guard, configuration errors, the CLI, and a 2-process
+gloo (DDP) run. Tiny model and data: seconds per run."""
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from deepem.train import ConfigError, NonFiniteLoss, Trainer, fit, load_config
+from deepem.train import checkpoint
+from synthetic import make_preprocessed
+
+TINY = ["model.width=0.125", "data.crop_size=32", "optim.batch_size=2", "optim.steps_per_epoch=2",
+        "data.workers=0", "loss.num_neg=50", "run.progress=false", "run.log_every=1", "optim.lr=0.01"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("pre")
+    make_preprocessed(str(folder), n_scans=4, shape=(48, 48, 48))
+    return str(folder)
+
+
+def config(data, out, epochs=3, more=()):
+    return load_config(overrides=TINY + ["data.root=" + data, "run.out=" + str(out),
+                                         "optim.epochs=%d" % epochs] + list(more))
+
+
+def weights(path):
+    return checkpoint.load(path)["model"]
+
+
+def test_resume_is_bit_identical(data, tmp_path):
+    fit(config(data, tmp_path / "whole", epochs=3))
+    fit(config(data, tmp_path / "split", epochs=3), stop_at=2)
+    fit(config(data, tmp_path / "split", epochs=3), resume="auto")
+    a, b = weights(tmp_path / "whole" / "last.pt"), weights(tmp_path / "split" / "last.pt")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    lines = [json.loads(l) for l in open(tmp_path / "split" / "metrics.jsonl")]
+    assert [l["epoch"] for l in lines if l["kind"] == "epoch"] == [0, 1, 2]
+    for name in ("config.yaml", "loss.png", "best.pt"):
+        assert (tmp_path / "whole" / name).exists()
+    state = checkpoint.load(tmp_path / "whole" / "last.pt")
+    assert state["epoch"] == 3 and "optimizer" in state and "rng" in state and state["config"]["model"]["width"] == 0.125
+
+
+def test_resume_auto_without_checkpoint_starts_fresh(data, tmp_path):
+    t = fit(config(data, tmp_path / "fresh", epochs=1), resume="auto")
+    assert t.epoch == 1
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(data, tmp_path):
+    cfg = config(data, tmp_path / "nan", epochs=3)
+    t = Trainer(cfg)
+    calls = {"n": 0}
+
+    def poison(module, inputs, output):
+        calls["n"] += 1
+        return output * float("nan") if calls["n"] > 2 else output  # from epoch 1's first step
+
+    t.model.register_forward_hook(poison)
+    with pytest.raises(NonFiniteLoss, match=r"epoch 1, step 0"):
+        fit(cfg, trainer=t)
+    good = checkpoint.load(tmp_path / "nan" / "last.pt")
+    assert good["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in good["model"].values() if v.is_floating_point())
+
+
+def run_cli(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "deepem", *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=600)
+
+
+def test_config_errors_are_one_clear_line(data, tmp_path):
+    with pytest.raises(ConfigError, match="unknown config key 'optim.lrr'"):
+        load_config(overrides=["optim.lrr=0.1"])
+    with pytest.raises(ConfigError, match="'optim.batch_size' must be int"):
+        load_config(overrides=["optim.batch_size=two"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  depth: 3\n")
+    r = run_cli("train", "--config", str(bad), "--out", str(tmp_path / "r"))
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "model.depth" in r.stderr
+    r = run_cli("train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "r"))
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "missing" in r.stderr
+    r = run_cli("train", "--data", data, "--out", str(tmp_path / "r"), "--set", "data.train_split=nosuch")
+    assert r.returncode == 2 and "nosuch" in r.stderr
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_process_gloo_run(data, tmp_path):
+    out = tmp_path / "ddp"
+    args = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+            "--master_port", str(free_port()), "-m", "deepem", "train", "--data", data, "--out", str(out)]
+    for item in TINY + ["optim.epochs=2", "run.threads=1"]:
+        args += ["--set", item]
+    r = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.count("trained 2 epochs") == 1  # rank 0 alone reports and writes
+    lines = [json.loads(l) for l in open(out / "metrics.jsonl")]
+    assert [l["step"] for l in lines if l["kind"] == "step"] == [1, 2, 1, 2]
+    state = checkpoint.load(out / "last.pt")
+    assert state["epoch"] == 2 and not any(k.startswith("module.") for k in state["model"])
