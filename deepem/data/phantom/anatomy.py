@@ -81,7 +81,8 @@ def draw_chest(rng) -> Chest:
             right=right, cx=s * (gap / 2 + ax), cy=cy, ax=ax * rng.uniform(0.95, 1.02), ay=ay * rng.uniform(0.97, 1.0),
             height=h, shoulder=rng.uniform(0.5, 0.6) * h, dome_top=top, dome_drop=rng.uniform(40, 55),
             obl_z=rng.uniform(0.36, 0.44) * h, obl_slope=obl_slope, obl_tilt=rng.uniform(-0.1, 0.1),
-            hor_z=rng.uniform(0.52, 0.6) * h if right else rng.uniform(0.42, 0.5) * h, hor_slope=rng.uniform(-0.1, 0.05)))
+            hor_z=rng.uniform(0.52, 0.6) * h if right else rng.uniform(0.42, 0.5) * h,
+            hor_slope=rng.uniform(-0.1, 0.05)))
     return Chest(
         body_ax=bx, body_ay=by, wall=wall, fat=fat, lungs=lungs,
         heart_c=np.array([rng.uniform(0.12, 0.22) * height, cy - rng.uniform(0.25, 0.4) * ay, rng.uniform(15, 30)]),

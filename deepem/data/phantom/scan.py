@@ -108,7 +108,8 @@ def plan_scan(seed, index=0, preset="luna16", shape=None, spacing=None, origin=N
         airway = tuple(np.concatenate([p[k] for p in parts]) for k in range(3))
 
     nrng = _rng(seed, index, 3)
-    placer = nodules.Placer(nrng, chest, trees if opt.vessels else [{} for _ in chest.lungs], grid.corner_mm, grid.hi_mm)
+    placer = nodules.Placer(nrng, chest, trees if opt.vessels else [{} for _ in chest.lungs], grid.corner_mm,
+                            grid.hi_mm)
     count = nodules.draw_count(nrng, opt.nodule_stats) if n_nodules is None else int(n_nodules)
     nods = []
     for _ in range(count):
@@ -195,7 +196,8 @@ def render_scan(plan):
         nodules.render_nodule(img, grid, dict(round_, **ex), rrng)
     for lk in plan["lookalikes"]:
         if lk["kind"] == "granuloma":
-            nodules.render_nodule(img, grid, dict(round_, centre=lk["centre"], diameter=lk["diameter"], hu=lk["hu"]), rrng)
+            nodules.render_nodule(img, grid, dict(round_, centre=lk["centre"], diameter=lk["diameter"], hu=lk["hu"]),
+                                  rrng)
         elif lk["kind"] == "scar" and lk["focal"] is not None:
             f = lk["focal"]
             nodules.render_nodule(img, grid, dict(round_, centre=lk["centre"], diameter=f["diameter"], rot=f["rot"],
