@@ -232,31 +232,9 @@ def add_evaluate(sub):
 
 def _write_marks_csv(path, marks_by_uid, diameters_by_uid):
     """LUNA16 submission CSV through deepem.eval (the CSV's one writer); infer never imports eval."""
-    try:
-        from .eval.froc import write_marks
-    except ImportError:  # TODO: drop this fallback once deepem.eval (branch eval) is merged
-        write_marks = _write_marks_fallback
+    from .eval.froc import write_marks
+
     write_marks(path, marks_by_uid, diameters_by_uid)
-
-
-def _write_marks_fallback(path, marks, diameters=None):
-    import csv
-
-    folder = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(folder, ".tmp-%d-%s" % (os.getpid(), os.path.basename(path)))
-    try:
-        with open(tmp, "w", newline="") as f:
-            w = csv.writer(f, lineterminator="\n")
-            w.writerow(["seriesuid", "coordX", "coordY", "coordZ", "probability"]
-                       + (["diameter_mm"] if diameters is not None else []))
-            for uid, rows in marks.items():
-                d = list(diameters[uid]) if diameters is not None else None
-                for i, row in enumerate(rows):
-                    w.writerow([uid] + [repr(float(v)) for v in row] + ([repr(float(d[i]))] if d is not None else []))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def _detect(args):
@@ -266,9 +244,7 @@ def _detect(args):
     try:
         if args.data:
             if args.split:
-                if not args.splits:
-                    raise ValueError("--split needs --splits JSON")
-                uids = run.split_uids(args.split, args.splits)
+                uids = run.split_uids(args.split, args.splits or os.path.join(args.data, "splits.json"))
             elif args.uids:
                 from .data import tables
 
@@ -315,7 +291,7 @@ def add_detect(sub):
                      help="raw scans: .mhd, .nii/.nii.gz, DICOM series folders, or folders of them "
                      "(preprocessed inside)")
     p.add_argument("--split", help="with --data: a split name in --splits")
-    p.add_argument("--splits", help="splits JSON ({name: [seriesuids]})")
+    p.add_argument("--splits", help="splits JSON ({name: [seriesuids]}; default DATA/splits.json)")
     p.add_argument("--uids", help="with --data: a file with one seriesuid a line")
     p.add_argument("--seg-dir", help="with --scans: LUNA16 lung masks (<uid>.mhd) to use instead of thresholding")
     p.add_argument("--out", required=True, help="run folder (created)")
@@ -333,7 +309,29 @@ def add_detect(sub):
     p.set_defaults(func=_detect)
 
 
-COMMANDS = [add_phantom, add_preprocess, add_train, add_em, add_detect, add_evaluate]
+def _demo(args):
+    from . import demo
+
+    return demo.main(args.out, seed=args.seed, seeds=args.seeds, quick=args.quick, full=args.full,
+                     workers=args.workers)
+
+
+def add_demo(sub):
+    p = sub.add_parser("demo", help="the DeepEM phantom benchmark end to end (data, 4 methods, FROC table)",
+                       description="Generates phantom CTs, trains a supervised baseline, DeepEM MAP, DeepEM sampling "
+                       "and an oracle under one step budget, detects on the test split and writes results.json, "
+                       "results.md, froc.png and overlays/ to --out. Finished stages are reused on a second run.")
+    p.add_argument("--out", default="demo_out", help="output folder (default demo_out)")
+    p.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
+    p.add_argument("--seeds", type=_positive_int, default=1, help="repeat with seeds S..S+N-1, report mean and sd")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="tiny settings, whole pipeline in minutes, no claim (CI)")
+    size.add_argument("--full", action="store_true", help="the paper's setting (needs a CUDA GPU)")
+    p.add_argument("--workers", type=_positive_int, default=2, help="processes for data generation (default 2)")
+    p.set_defaults(func=_demo)
+
+
+COMMANDS = [add_phantom, add_preprocess, add_train, add_em, add_detect, add_evaluate, add_demo]
 
 
 def build_parser():

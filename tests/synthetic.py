@@ -16,8 +16,31 @@ def sphere_scan(rng, shape, boxes):
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def make_preprocessed(folder, n_scans=6, shape=(48, 48, 48), seed=0, splits=None):
-    """Writes n_scans scans with 1-2 nodules each (4-10 voxels); returns the uids."""
+def identity_meta(uid, shape):
+    """meta of a scan whose preprocessed grid is its world frame: voxel (z, y, x) is world
+    (x, y, z) mm."""
+    return {"seriesuid": uid, "origin": [0.0, 0.0, 0.0], "spacing": [1.0, 1.0, 1.0],
+            "direction": [1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0], "source_shape": list(shape),
+            "resolution": 1.0, "crop_start": [0, 0, 0], "shape": list(shape)}
+
+
+def toy_lobe(boxes, shape):
+    """A stand-in lobe (0 or 1): which half of the scan in x the nodule centre lies in."""
+    return (np.asarray(boxes)[:, 2] >= shape[2] / 2).astype(np.float32)
+
+
+def write_weak(folder, uid, weak_zl, shape):
+    """Only what the E-step reads of a weak scan: <uid>_weak.npy ([M, 2] z, lobe) and its meta."""
+    os.makedirs(folder, exist_ok=True)
+    base = os.path.join(folder, uid)
+    np.save(base + "_weak.npy", np.asarray(weak_zl, dtype=np.float32).reshape(-1, 2))
+    with open(base + "_meta.json", "w") as f:
+        json.dump(identity_meta(uid, shape), f)
+
+
+def make_preprocessed(folder, n_scans=6, shape=(48, 48, 48), seed=0, splits=None, lobes=False):
+    """Writes n_scans scans with 1-2 nodules each (4-10 voxels); returns the uids. Weak labels
+    are (central z, lobe): lobe 0, or with lobes=True the toy lobe (x half)."""
     os.makedirs(folder, exist_ok=True)
     rng = np.random.default_rng(seed)
     uids = []
@@ -28,13 +51,12 @@ def make_preprocessed(folder, n_scans=6, shape=(48, 48, 48), seed=0, splits=None
         base = os.path.join(folder, uid)
         np.save(base + "_clean.npy", sphere_scan(rng, shape, boxes))
         np.save(base + "_label.npy", boxes.astype(np.float32))
-        np.save(base + "_weak.npy", np.stack([boxes[:, 0], np.zeros(n)], 1).astype(np.float32))
-        meta = {"seriesuid": uid, "origin": [0.0, 0.0, 0.0], "spacing": [1.0, 1.0, 1.0],
-                "direction": [1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0], "source_shape": list(shape),
-                "resolution": 1.0, "crop_start": [0, 0, 0], "shape": list(shape)}
+        lobe = toy_lobe(boxes, shape) if lobes else np.zeros(n)
+        np.save(base + "_weak.npy", np.stack([boxes[:, 0], lobe], 1).astype(np.float32))
         with open(base + "_meta.json", "w") as f:
-            json.dump(meta, f)
+            json.dump(identity_meta(uid, shape), f)
         uids.append(uid)
+    splits = splits(uids) if callable(splits) else splits
     splits = splits or {"full": uids[: n_scans // 2], "val": uids[n_scans // 2:]}
     with open(os.path.join(folder, "splits.json"), "w") as f:
         json.dump(splits, f)

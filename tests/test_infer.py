@@ -46,7 +46,7 @@ def scans(tmp_path_factory):
     root = tmp_path_factory.mktemp("scans")
     paths = []
     for i in range(2):
-        vol, _, info = phantom.make_scan(7, i, shape=SHAPE, n_vessels=2, n_distractors=0, n_nodules=2)
+        vol, _, info = phantom.make_scan(7, i, shape=SHAPE, n_nodules=2, vessels=False, lookalike_rates=None)
         path = root / ("scan%d.mhd" % i)
         io.write_image(vol, path)
         paths.append(path)
@@ -303,3 +303,34 @@ def test_cli_detect_reports_an_unreadable_scan_and_goes_on(scans, checkpoint, tm
     report = json.loads((out / "detect_report.json").read_text())
     assert list(report["failed"]) == ["corrupt"] and "corrupt.mhd" in report["failed"]["corrupt"]
     assert json.loads((out / "marks.json").read_text())["scans"].keys() == {"scan1"}
+
+
+def test_infer_never_imports_train_or_eval():
+    import subprocess
+    import sys
+
+    code = ("import sys, deepem.infer, deepem.infer.run; "
+            "bad = [m for m in sys.modules if m.startswith(('deepem.train', 'deepem.eval', 'deepem.em'))]; "
+            "assert not bad, bad")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=root)
+
+
+def test_bf16_autocast_gives_a_float32_output():
+    image = np.random.default_rng(3).integers(0, 256, (20, 24, 28)).astype(np.uint8)
+    model = res18()
+    ref = Detector(model, margin=8).network_output(image)
+    out = Detector(model, margin=8, amp="bf16").network_output(image)
+    assert out.dtype == torch.float32 and out.shape == ref.shape and torch.isfinite(out).all()
+    assert (out - ref).abs().max() < 0.5
+
+
+def test_cli_detect_bad_split_or_checkpoint_is_a_usage_error(scans, checkpoint, tmp_path, capsys):
+    splits = tmp_path / "splits.json"
+    splits.write_text(json.dumps({"test": ["scan0"]}))
+    rc = cli.main(["detect", str(checkpoint), "--data", str(scans["pre"]), "--split", "val", "--splits", str(splits),
+                   "--out", str(tmp_path / "run"), "--quiet"])
+    assert rc == 2 and "split 'val' is not in" in capsys.readouterr().err
+    rc = cli.main(["detect", str(tmp_path / "none.pt"), "--data", str(scans["pre"]), "--out", str(tmp_path / "run"),
+                   "--quiet"])
+    assert rc == 2 and "none.pt" in capsys.readouterr().err

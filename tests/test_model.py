@@ -153,3 +153,19 @@ def test_overfits_two_crops():
         history.append((float(r.total.detach()), r.parts["pos_acc"]))
     assert history[-1][0] < 0.6 * history[0][0]
     assert all(acc == 1.0 for _, acc in history[-3:])
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_autocast_and_channels_last_on_gpu(dtype):
+    torch.manual_seed(0)
+    net = Res18(width=0.25).cuda().eval()
+    x, c = torch.randn(2, 1, 64, 64, 64, device="cuda"), torch.zeros(2, 3, 16, 16, 16, device="cuda")
+    with torch.no_grad():
+        ref = net(x, c)
+        fast = net.to(memory_format=torch.channels_last_3d)
+        with torch.autocast("cuda", dtype=dtype):
+            out = fast(x.contiguous(memory_format=torch.channels_last_3d), c)
+    assert out.shape == ref.shape
+    err = (out.float() - ref).norm() / ref.norm()
+    assert err < 3e-2, float(err)

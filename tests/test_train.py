@@ -14,7 +14,8 @@ from deepem.train import checkpoint
 from synthetic import make_preprocessed
 
 TINY = ["model.width=0.125", "data.crop_size=32", "optim.batch_size=2", "optim.steps_per_epoch=2",
-        "data.workers=0", "loss.num_neg=50", "run.progress=false", "run.log_every=1", "optim.lr=0.01"]
+        "data.workers=0", "loss.num_neg=50", "run.progress=false", "run.log_every=1", "optim.lr=0.01",
+        "run.select=loss", "detect.tile=48", "detect.margin=8"]
 
 
 @pytest.fixture(scope="module")
@@ -49,9 +50,12 @@ def test_resume_is_bit_identical(data, tmp_path):
     assert state["epoch"] == 3 and "optimizer" in state and "rng" in state and state["config"]["model"]["width"] == 0.125
 
 
-def test_resume_auto_without_checkpoint_starts_fresh(data, tmp_path):
-    t = fit(config(data, tmp_path / "fresh", epochs=1), resume="auto")
+def test_resume_auto_without_checkpoint_starts_fresh_and_selects_by_cpm(data, tmp_path):
+    t = fit(config(data, tmp_path / "fresh", epochs=1, more=["run.select=cpm"]), resume="auto")
     assert t.epoch == 1
+    record = t.history[-1]
+    assert 0.0 <= record["val_cpm"] <= 1.0 and record["selection"] == -record["val_cpm"]
+    assert (tmp_path / "fresh" / "best.pt").exists()
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(data, tmp_path):

@@ -22,6 +22,7 @@ import numpy as np
 from scipy import ndimage
 
 from . import io, lung_mask, tables
+from .atomic import atomic_write
 
 PAD_VALUE = 170
 HU_WINDOW = (-1200.0, 600.0)
@@ -107,17 +108,6 @@ def source_slice_of_world_z(z_world, volume: io.Volume):
     return (np.asarray(z_world, dtype=np.float64) - rest) / (d[2, 2] * s[2])
 
 
-def _save_atomic(path, write):
-    tmp = os.path.join(os.path.dirname(path), ".tmp-%d-%s" % (os.getpid(), os.path.basename(path)))
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def output_paths(out_dir, uid):
     return {k: os.path.join(out_dir, "%s_%s" % (uid, k)) for k in ("clean.npy", "label.npy", "weak.npy", "meta.json")}
 
@@ -166,10 +156,10 @@ def preprocess_scan(scan_path, out_dir, uid, annotations=None, weak=None, seg_pa
         weak_out = np.stack([z, weak[:, 2]], 1).astype(np.float32)
     meta["n_labels"], meta["n_weak"] = int(len(labels)), int(len(weak_out))
     paths = output_paths(out_dir, uid)
-    _save_atomic(paths["clean.npy"], lambda f: np.save(f, clean))
-    _save_atomic(paths["label.npy"], lambda f: np.save(f, labels))
-    _save_atomic(paths["weak.npy"], lambda f: np.save(f, weak_out))
-    _save_atomic(paths["meta.json"], lambda f: f.write(json.dumps(meta, indent=1).encode()))
+    atomic_write(paths["clean.npy"], lambda f: np.save(f, clean))
+    atomic_write(paths["label.npy"], lambda f: np.save(f, labels))
+    atomic_write(paths["weak.npy"], lambda f: np.save(f, weak_out))
+    atomic_write(paths["meta.json"], lambda f: f.write(json.dumps(meta, indent=1).encode()))
     return meta
 
 
@@ -279,6 +269,6 @@ def preprocess_dataset(data_root, out_dir, annotations_csv=None, weak_csv=None, 
     if bar is not None:
         bar.close()
     report["done"].sort()
-    _save_atomic(os.path.join(out_dir, "preprocess_report.json"),
+    atomic_write(os.path.join(out_dir, "preprocess_report.json"),
                  lambda f: f.write(json.dumps(report, indent=1).encode()))
     return report

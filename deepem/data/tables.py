@@ -17,6 +17,8 @@ import os
 
 import numpy as np
 
+from .atomic import atomic_write
+
 ANNOTATION_COLUMNS = ("coordX", "coordY", "coordZ", "diameter_mm")
 CANDIDATE_COLUMNS = ("coordX", "coordY", "coordZ", "class")
 WEAK_COLUMNS = ("coordZ", "slice", "lobe")
@@ -163,14 +165,13 @@ def derive_weak_labels(annotations, lobes=None):
 
 
 def _write(path, header, rows):
-    path = os.fspath(path)
-    tmp = os.path.join(os.path.dirname(path) or ".", ".tmp-%d-%s" % (os.getpid(), os.path.basename(path)))
-    with open(tmp, "w", newline="") as f:
+    def write(f):
         w = csv.writer(f, lineterminator="\n")
         if header:
             w.writerow(header)
         w.writerows(rows)
-    os.replace(tmp, path)
+
+    atomic_write(path, write, "w")
 
 
 def _fmt(v):

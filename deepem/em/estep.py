@@ -9,12 +9,14 @@ are computed for all scans in one global order on every rank, so N ranks give ex
 pseudo boxes of 1 rank."""
 import time
 from dataclasses import dataclass, field
+from typing import Optional
 
 import numpy as np
 import torch
 
 from ..data import datasets, preprocess
 from ..infer import Detector
+from ..infer.detector import load_preprocessed
 from ..ops import em_map, em_posterior, em_sample, pseudo_boxes
 from ..train import distributed
 from .lobe import LobeModel, features
@@ -34,37 +36,52 @@ class EStepResult:
 
 
 def scan_proposals(detector: Detector, image, weak_z: np.ndarray, threshold: float, z_window: float,
-                   nms_iou: float) -> torch.Tensor:
-    """Proposals [P, 5] (logit, z, y, x, d) of one scan that can explain one of its weak labels."""
-    candidates = detector.decode(detector.network_output(image), threshold).cpu()
+                   nms_iou: float, timings: Optional[dict] = None) -> torch.Tensor:
+    """Proposals [P, 5] (logit, z, y, x, d) of one scan that can explain one of its weak labels.
+    `timings` (optional) accumulates the seconds of the network ('network') and of decoding,
+    window filter and NMS ('postprocess')."""
+    t0 = time.perf_counter()
+    output = detector.network_output(image)
+    detector._sync()
+    t1 = time.perf_counter()
+    candidates = detector.decode(output, threshold).cpu()
     if len(weak_z) == 0 or len(candidates) == 0:
-        return candidates[:0]
-    dz = (candidates[:, 1:2] - torch.as_tensor(weak_z, dtype=candidates.dtype)[None]).abs()
-    near = (dz <= z_window).any(1)
-    return detector.postprocess(candidates[near], nms_iou=nms_iou, min_diameter=0.0, max_marks=None)
+        kept = candidates[:0]
+    else:
+        dz = (candidates[:, 1:2] - torch.as_tensor(weak_z, dtype=candidates.dtype)[None]).abs()
+        near = (dz <= z_window).any(1)
+        kept = detector.postprocess(candidates[near], nms_iou=nms_iou, min_diameter=0.0, max_marks=None)
+    if timings is not None:
+        timings["network"] = timings.get("network", 0.0) + t1 - t0
+        timings["postprocess"] = timings.get("postprocess", 0.0) + time.perf_counter() - t1
+    return kept
 
 
 def run_estep(model, data_dir: str, uids: list, config, lobe: LobeModel, epoch: int,
               ctx: distributed.Context) -> EStepResult:
-    """E-step on `uids` (the scans sampled this epoch), in their order."""
+    """E-step on `uids` (the scans sampled this epoch), in their order. The profile's seconds
+    are this rank's: detection (reading + network), post-processing (decode, weak-window
+    filter, NMS), posterior + pick."""
     em, det = config.em, config.detect
     detector = Detector(model, device=ctx.device, tile=det.tile, margin=det.margin, tile_batch=det.tile_batch,
                         amp=config.run.amp)
-    t0 = time.perf_counter()
-    mine = {}
+    mine, timings, t_read = {}, {"network": 0.0, "postprocess": 0.0}, 0.0
     for i in range(ctx.rank, len(uids), ctx.world):
         uid = uids[i]
-        image, _, meta = datasets.load_scan(data_dir, uid)
+        t0 = time.perf_counter()
+        image, _ = load_preprocessed(data_dir, uid)  # the image only: a weak scan's true boxes are never read
         weak = datasets.load_weak(data_dir, uid)
-        mine[uid] = scan_proposals(detector, np.asarray(image), weak[:, 0], em.threshold, em.z_window, em.nms_iou)
-    t_detect = time.perf_counter() - t0
+        image = np.asarray(image)
+        t_read += time.perf_counter() - t0
+        mine[uid] = scan_proposals(detector, image, weak[:, 0], em.threshold, em.z_window, em.nms_iou, timings)
     proposals = {}
     for part in distributed.all_gather_object(mine, ctx):
         proposals.update(part)
     model.train()
     t1 = time.perf_counter()
     result = posterior_and_picks(data_dir, uids, proposals, lobe, config, epoch)
-    result.profile.update({"scans": len(uids), "seconds_detection": t_detect,
+    result.profile.update({"scans": len(uids), "seconds_detection": t_read + timings["network"],
+                           "seconds_postprocess": timings["postprocess"],
                            "seconds_posterior_pick": time.perf_counter() - t1,
                            "proposals_per_scan": float(np.mean([len(proposals[u]) for u in uids])) if uids else 0.0})
     return result
@@ -91,7 +108,8 @@ def posterior_and_picks(data_dir, uids, proposals, lobe, config, epoch) -> EStep
             weak_z[b, : len(w)], weak_lobe[b, : len(w)], num_w[b] = torch.from_numpy(w[:, 0]), \
                 torch.from_numpy(w[:, 1]).long(), len(w)
             if len(p):
-                lobe_lp[b, : len(p)] = lobe.log_probs(features(p[:, 1:4], metas[b]["shape"]))
+                centres = p[:, 1:4].to(lobe.linear.weight.device)  # the lobe model lives on the run's device
+                lobe_lp[b, : len(p)] = lobe.log_probs(features(centres, metas[b]["shape"])).cpu()
     lp, has = em_posterior(props, num_p, weak_z, weak_lobe, num_w, lobe_lp if em.use_lobe else None,
                            mu=em.mu, sigma=em.sigma, z_window=em.z_window)
     picks = em_map(lp)[..., None] if em.method == "map" else em_sample(lp, em.k, seed=config.run.seed, offset=epoch)

@@ -9,12 +9,11 @@ import os
 from typing import Optional
 
 import numpy as np
-import torch
 
 from ..data import datasets
 from ..train import checkpoint, config as cfg
 from ..train.trainer import Trainer, check_data_root, lr_at, read_split, validate
-from ..train.checkpoint import atomic_write
+from ..data.atomic import atomic_write
 from .estep import CSV_COLUMNS, run_estep
 from .lobe import LobeModel
 
@@ -63,6 +62,9 @@ def em_fit(config: cfg.TrainConfig, init: Optional[str] = None, resume: Optional
         boxes, weights = state["em"]["boxes"], state["em"]["weights"]
     elif init:
         t.model.load_state_dict(checkpoint.load(init, map_location=t.device)["model"])
+    elif trainer is None:  # EM from random weights is never what was meant
+        raise FileNotFoundError("EM needs a start: no checkpoint to resume in '%s' and no init (a supervised "
+                                "checkpoint, --init)" % c.run.out)
     end = c.optim.epochs if stop_at is None else min(stop_at, c.optim.epochs)
     while t.epoch < end:
         epoch = t.epoch

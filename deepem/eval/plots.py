@@ -1,9 +1,8 @@
 """FROC plots: one or several curves on a log FP-per-scan axis (1/8..8), each with its
 bootstrap band where one was computed, and the 7 read-off points."""
-import os
-
 import numpy as np
 
+from ..data.atomic import atomic_write
 from .froc import FP_RATES
 
 
@@ -44,9 +43,6 @@ def froc_plot(path, curves, title=None):
         ax.set_title(title or "FROC")
         ax.legend(loc="best", fontsize=8)
         fig.tight_layout()
-        path = os.fspath(path)
-        tmp = os.path.join(os.path.dirname(path) or ".", ".tmp-%d-%s.png" % (os.getpid(), os.path.basename(path)))
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, path)
+        atomic_write(path, lambda f: fig.savefig(f, format="png"))
     finally:
         plt.close(fig)

@@ -5,6 +5,7 @@ import os
 
 import numpy as np
 
+from ..data.atomic import atomic_write
 from ..data.tables import _fmt, _write, read_annotations, read_seriesuids
 from .froc import BAND_AT, compare, evaluate
 from .marks import read_marks
@@ -13,11 +14,7 @@ _RATE_NAMES = ("1/8", "1/4", "1/2", "1", "2", "4", "8")
 
 
 def _write_json(path, obj):
-    tmp = os.path.join(os.path.dirname(path) or ".", ".tmp-%d-%s" % (os.getpid(), os.path.basename(path)))
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2) + "\n"), "w")
 
 
 def _write_curve(path, r):

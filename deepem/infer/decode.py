@@ -4,6 +4,7 @@
   in preprocessed voxels (no NMS, no cap): what the EM E-step filters by weak-label windows.
 - postprocess: diameter > min_diameter, cube NMS at IoU nms_iou, the best max_marks.
 """
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -22,19 +23,33 @@ def check_output(output: Tensor, sizes=DEEPLUNG_SIZES) -> None:
                          % (len(sizes), shape))
 
 
-def anchors_at(grid, index: Tensor, dtype=torch.float32) -> Tensor:
-    """Cube anchors (z, y, x, d) [K, 4] of the flat anchor indices `index` of an AnchorGrid
-    (k = ((iz * H + iy) * W + ix) * A + a), without building the whole grid's anchors."""
-    d, h, w = grid.feature_size
+def _cells(grid, index: Tensor):
+    """(iz, iy, ix, a) of flat anchor indices k = ((iz * H + iy) * W + ix) * A + a."""
+    _, h, w = grid.feature_size
     a_count = len(grid.shapes)
+    cell, a = index // a_count, index % a_count
+    return cell // (h * w), (cell // w) % h, cell % w, a
+
+
+def anchors_at(grid, index: Tensor, dtype=torch.float32) -> Tensor:
+    """Cube anchors (z, y, x, d) [K, 4] of the flat anchor indices `index` of an AnchorGrid,
+    without building the whole grid's anchors."""
     if any(len(set(s)) != 1 for s in grid.shapes):
         raise ValueError("decode needs cube anchors, got shapes %s" % (grid.shapes,))
+    iz, iy, ix, a = _cells(grid, index)
     sizes = torch.tensor([s[0] for s in grid.shapes], dtype=dtype, device=index.device)
-    cell, a = index // a_count, index % a_count
-    pos = torch.stack([cell // (h * w), (cell // w) % h, cell % w], 1).to(dtype)
+    pos = torch.stack([iz, iy, ix], 1).to(dtype)
     stride = torch.tensor(grid.stride, dtype=dtype, device=index.device)
     offset = torch.tensor(grid.offset, dtype=dtype, device=index.device)
     return torch.cat([offset + stride * pos, sizes[a, None]], 1)
+
+
+def above(logits: Tensor, threshold: float) -> Tensor:
+    """Flat indices (int64, ascending) of the logits [D, H, W, A] that are > threshold."""
+    if logits.device.type == "cpu" and logits.dtype in (torch.float32, torch.float64):
+        # numpy's compare and flatnonzero: ~6x faster than torch's gt and nonzero on one core
+        return torch.from_numpy(np.flatnonzero(logits.detach().numpy() > threshold))
+    return torch.nonzero((logits > threshold).reshape(-1)).squeeze(1)
 
 
 def decode(output: Tensor, threshold: float = -2.0, sizes=DEEPLUNG_SIZES, stride=STRIDE) -> Tensor:
@@ -42,10 +57,9 @@ def decode(output: Tensor, threshold: float = -2.0, sizes=DEEPLUNG_SIZES, stride
     in preprocessed voxels for every anchor with logit > threshold (NaN logits never pass),
     in anchor order. Anchors are the whole scan's (centre 1.5 + 4 i, sides `sizes`)."""
     check_output(output, sizes)
-    flat = output.reshape(-1, 5)
-    index = torch.nonzero(flat[:, 0] > threshold).squeeze(1)
     grid = anchor_grid(output.shape[:3], stride, sizes)
-    picked = flat.index_select(0, index).float()
+    index = above(output[..., 0], threshold)
+    picked = output[_cells(grid, index)].float()  # a gather: works for any memory layout
     boxes = decode_boxes3d(picked[:, 1:5].contiguous(), anchors_at(grid, index))
     return torch.cat([picked[:, :1], boxes], 1)
 

@@ -182,7 +182,7 @@ class Detector:
     def split_comb(self, shape):
         return tiles.split_comb(shape, self.tile, self.margin)
 
-    @torch.inference_mode()
+    @torch.no_grad()  # not inference_mode: callers (the E-step) may edit the output in place
     def network_output(self, image_u8_zyx, on_tile=None):
         """Stitched whole-scan output, float32 [ceil(Z/4), ceil(Y/4), ceil(X/4), A, 5] on the
         detector's device; cell i is centred on preprocessed voxel 1.5 + 4 i."""

@@ -1,23 +1,8 @@
-"""Files of a detection run, each written atomically (temp file beside it, then os.replace)."""
+"""Files of a detection run, each written atomically (deepem.data.atomic)."""
 import json
-import os
 
+from ..data.atomic import atomic_write
 from .marks import COORDINATES
-
-
-def atomic_write(path, write, mode="w"):
-    """Calls write(file) on a temp file next to `path`, then renames it over `path`."""
-    path = os.fspath(path)
-    folder = os.path.dirname(path) or "."
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, ".tmp-%d-%s" % (os.getpid(), os.path.basename(path)))
-    try:
-        with open(tmp, mode) as f:
-            write(f)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def marks_json(marks_by_uid):
@@ -33,8 +18,8 @@ def marks_json(marks_by_uid):
 
 
 def write_marks_json(path, marks_by_uid):
-    atomic_write(path, lambda f: json.dump(marks_json(marks_by_uid), f, indent=1))
+    write_json(path, marks_json(marks_by_uid))
 
 
 def write_json(path, payload):
-    atomic_write(path, lambda f: json.dump(payload, f, indent=1))
+    atomic_write(path, lambda f: json.dump(payload, f, indent=1), mode="w")

@@ -4,7 +4,7 @@ import os
 
 import numpy as np
 
-from .outputs import atomic_write
+from ..data.atomic import atomic_write
 
 LUNG_WINDOW = (-1350.0, 150.0)  # HU: level -600, width 1500
 

@@ -69,6 +69,15 @@ class RunResult:
         return not self.failed and not self.overlay_failed
 
 
+def lung_mask_path(seg_dir, uid):
+    """A LUNA16 lung mask <seg_dir>/<uid>.mhd (.nii.gz, .nii), or None."""
+    for ext in (".mhd", ".nii.gz", ".nii"):
+        path = os.path.join(seg_dir, uid + ext) if seg_dir else None
+        if path and os.path.exists(path):
+            return path
+    return None
+
+
 def _reason(e):
     text = str(e).strip().splitlines()
     return "%s: %s" % (type(e).__name__, text[0] if text else "")
@@ -94,12 +103,14 @@ def detect_many(detector, inputs, out_dir, write_csv, overlays=False, overlay_mi
             bar.set_postfix_str(uid[-24:])
         on_tile = (lambda i, n: bar.set_postfix_str("%s tile %d/%d" % (uid[-16:], i, n))) if bar else None
         try:
-            seg = preprocess._seg_path(seg_dir, uid) if isinstance(source, (str, os.PathLike)) else None
-            image, meta, uid = load_input(source, None if isinstance(source, (str, os.PathLike)) else uid,
-                                          seg_path=seg)
+            raw = isinstance(source, (str, os.PathLike))
+            t0 = time.perf_counter()
+            image, meta, uid = load_input(source, None if raw else uid,
+                                          seg_path=lung_mask_path(seg_dir, uid) if raw else None)
+            read = time.perf_counter() - t0  # a raw scan's preprocessing included
             marks = detector.detect(image, uid=uid, meta=meta, on_tile=on_tile)
             result.marks[uid] = marks
-            result.seconds[uid] = dict(detector.timings)
+            result.seconds[uid] = dict(detector.timings, read=read)
         except Exception as e:  # any scan's failure: report it by name, go on with the others
             result.failed[uid] = _reason(e)
             say("skipped %s: %s" % (uid, result.failed[uid]))

@@ -55,7 +55,10 @@ def autocast(device, amp):
 def stitched_output(model, image, sc, tile_batch=1, device="cpu", amp="none", on_tile=None):
     """The network's output over the whole scan `image` (uint8 (Z, Y, X), numpy or memmap):
     float32 [ceil(Z/4), ceil(Y/4), ceil(X/4), A, 5] on `device`; cell i lies at scan voxel
-    1.5 + 4 i per axis. `on_tile(n_done, n_total)` is called after each tile batch."""
+    1.5 + 4 i per axis. `on_tile(n_done, n_total)` is called after each tile batch.
+
+    The tensor is stored values first (output[..., 0], the logits, is one contiguous block):
+    index and reshape it freely; .view() of the last dims needs .contiguous() first."""
     if image.ndim != 3:
         raise ValueError("image must be a 3D (z, y, x) volume, got shape %s" % (tuple(image.shape),))
     if tile_batch < 1:
@@ -73,11 +76,12 @@ def stitched_output(model, image, sc, tile_batch=1, device="cpu", amp="none", on
         with autocast(device, amp):
             y = model(x, torch.from_numpy(coord).to(device))
         y = y.float()
-        if out is None:
-            out = y.new_empty(sc.output_shape(grid) + tuple(y.shape[4:]))
+        if out is None:  # values first in memory: decode's threshold then reads the logits only
+            out = y.new_empty(y.shape[-1:] + sc.output_shape(grid) + tuple(y.shape[4:-1])).movedim(0, -1)
         for j in range(len(chunk)):
             sc.paste(out, y[j], b0 + j, grid)
         del x, y
         if on_tile is not None:
             on_tile(min(b0 + tile_batch, len(starts)), len(starts))
-    return out[tuple(slice(0, c) for c in sc.cells(shape))].contiguous()
+    cut = out.movedim(-1, 0)[(slice(None),) + tuple(slice(0, c) for c in sc.cells(shape))]
+    return cut.clone().movedim(0, -1)  # a compact copy, still values first

@@ -3,28 +3,12 @@ killed mid-write never leaves a broken file; `latest` finds what `--resume auto`
 import glob
 import os
 import re
-import tempfile
 
 import torch
 
+from ..data.atomic import atomic_write
+
 EPOCH_FILE = "epoch_%03d.pt"
-
-
-def atomic_write(path, write) -> None:
-    """Calls write(binary file) on a temp file next to `path`, then renames it to `path`."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def save(state: dict, path: str) -> None:

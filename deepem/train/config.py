@@ -62,7 +62,7 @@ class RunConfig:
     threads: int = 0  # CPU threads for torch (0: torch's default)
     log_every: int = 10  # steps between metrics.jsonl lines
     val_every: int = 1  # epochs between validations
-    select: str = "loss"  # model selection on the validation split: loss | cpm (detect + LUNA16 FROC)
+    select: str = "cpm"  # model selection on the validation split: cpm (detect + LUNA16 FROC) | loss
     progress: bool = True  # progress bars
 
 
@@ -152,6 +152,11 @@ def _coerce(value, kind, path):
         return _coerce(value, [a for a in typing.get_args(kind) if a is not type(None)][0], path)
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if kind is float and isinstance(value, str):  # YAML 1.1 reads 1e9 (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if kind is str and value is None:
         return ""
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
@@ -234,6 +239,6 @@ def validate(config: TrainConfig) -> None:
 
 
 def save_config(config: TrainConfig, path: str) -> None:
-    from .checkpoint import atomic_write
+    from ..data.atomic import atomic_write
 
     atomic_write(path, lambda f: f.write(yaml.safe_dump(to_dict(config), sort_keys=False).encode()))

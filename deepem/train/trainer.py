@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from ..data import datasets
+from ..data.atomic import atomic_write
 from ..model import DetectionLoss, Res18
 from . import checkpoint, distributed
 from .config import TrainConfig, save_config, to_dict
@@ -302,7 +303,7 @@ def plot_history(history, path) -> None:
     ax.set_ylabel("loss")
     ax.legend()
     fig.tight_layout()
-    checkpoint.atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
     plt.close(fig)
 
 
@@ -322,10 +323,11 @@ def validate(t: Trainer, val_set, epoch: int) -> dict:
 
 
 def fit(config: TrainConfig, resume: Optional[str] = None, trainer: Optional[Trainer] = None,
-        stop_at: Optional[int] = None) -> Trainer:
+        stop_at: Optional[int] = None, init: Optional[str] = None) -> Trainer:
     """Supervised training (`deepem train`): epochs over the train split's crops, validation
     loss on the validation split for model selection, a checkpoint each epoch. stop_at: return
-    before that epoch, as if interrupted (the schedule still follows optim.epochs)."""
+    before that epoch, as if interrupted (the schedule still follows optim.epochs). init: start
+    from this checkpoint's weights (not its optimizer or epoch)."""
     check_data_root(config.data.root)
     t = trainer or Trainer(config)
     c = config
@@ -338,8 +340,9 @@ def fit(config: TrainConfig, resume: Optional[str] = None, trainer: Optional[Tra
     if t.ctx.main and c.run.out:
         os.makedirs(c.run.out, exist_ok=True)
         save_config(c, os.path.join(c.run.out, "config.yaml"))
-    if resume:
-        t.resume(resume)
+    state = t.resume(resume) if resume else None
+    if state is None and init:
+        t.model.load_state_dict(checkpoint.load(init, map_location=t.device)["model"])
     while t.epoch < min(c.optim.epochs, c.optim.epochs if stop_at is None else stop_at):
         epoch = t.epoch
         train = t.train_epoch(train_set, epoch, steps=c.optim.steps_per_epoch)

@@ -1,0 +1,135 @@
+"""One training step of the Res18 detector, split into data loading, labelling + loss, and the
+network (forward, backward, SGD), for the CPU preset and for full width at 96^3. Side by side,
+on the same network and crops: a DeepLung-style step (numpy anchor labelling per crop, the
+LabelMapping of benchmarks/bench_anchors.py, and their loss: sigmoid + BCE over positives and
+the top-k hard negatives, smooth L1 over positives).
+
+    python benchmarks/bench_train.py [--repeats 3] [--no-full] [--json PATH]
+"""
+import argparse
+import os
+import random
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench_anchors  # noqa: E402
+from common import fmt_ms, machine, print_table, write_json  # noqa: E402
+
+from deepem.data import datasets  # noqa: E402
+from deepem.model import DetectionLoss, Res18  # noqa: E402
+
+
+def synthetic_scans(folder, n=4, shape=(128, 128, 128), seed=0):
+    """Preprocessed-layout scans with bright spheres (3-25 mm) on a noisy background."""
+    rng = np.random.default_rng(seed)
+    zz, yy, xx = np.meshgrid(*[np.arange(s, dtype=np.float32) for s in shape], indexing="ij")
+    uids = []
+    for i in range(n):
+        boxes = np.concatenate([rng.uniform(20, 108, (3, 3)), rng.uniform(3, 25, (3, 1))], 1).astype(np.float32)
+        img = 60 + rng.normal(0, 8, shape).astype(np.float32)
+        for z, y, x, d in boxes:
+            img += 150 * np.clip(d / 2 - np.sqrt((zz - z) ** 2 + (yy - y) ** 2 + (xx - x) ** 2) + 0.5, 0, 1)
+        uid = "s%d" % i
+        np.save(os.path.join(folder, uid + "_clean.npy"), np.clip(img, 0, 255).astype(np.uint8))
+        np.save(os.path.join(folder, uid + "_label.npy"), boxes)
+        with open(os.path.join(folder, uid + "_meta.json"), "w") as f:
+            f.write('{"shape": [%d, %d, %d]}' % shape)
+        uids.append(uid)
+    return uids
+
+
+def deeplung_loss(output, labels, num_hard):
+    """DeepLung's Loss on numpy labels [B, D, H, W, A, 5] (1 pos, -1 sampled neg, 0 ignore)."""
+    out = output.reshape(-1, 5)
+    lab = torch.from_numpy(labels).reshape(-1, 5)
+    pos = lab[:, 0] > 0.5
+    neg = lab[:, 0] < -0.5
+    neg_out = out[neg, 0]
+    neg_out = torch.topk(neg_out, min(num_hard * output.shape[0], len(neg_out)))[0]
+    neg_loss = F.binary_cross_entropy(torch.sigmoid(neg_out), torch.zeros_like(neg_out))
+    if pos.any():
+        pos_out = out[pos]
+        pos_loss = F.binary_cross_entropy(torch.sigmoid(pos_out[:, 0]), torch.ones(len(pos_out)))
+        reg = sum(F.smooth_l1_loss(pos_out[:, i], lab[pos, i]) for i in range(1, 5))
+        return 0.5 * pos_loss + 0.5 * neg_loss + reg
+    return 0.5 * neg_loss
+
+
+def time_case(name, width, crop, batch, folder, uids, repeats):
+    torch.manual_seed(0)
+    random.seed(0)
+    net = Res18(width)
+    opt = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9)
+    ds = datasets.CropDataset(folder, uids, crop_size=crop)
+    ours = DetectionLoss()
+    bench_anchors.CROP = crop  # the DeepLung labeller reads its crop size from there
+    rows = {"ours": [], "deeplung": []}
+    for rep in range(repeats + 1):  # the first round warms up (oneDNN primitive creation)
+        for style in ("ours", "deeplung"):
+            t0 = time.perf_counter()
+            ds.set_epoch(rep)
+            batch_items = datasets.collate([ds[(rep * batch + i) % len(ds)] for i in range(batch)])
+            t1 = time.perf_counter()
+            output = net(batch_items["image"], batch_items["coord"])
+            t2 = time.perf_counter()
+            head = output.detach().requires_grad_()
+            if style == "ours":
+                loss = ours(head, batch_items["boxes"], seed=rep).total
+            else:
+                labels = np.stack([bench_anchors.deeplung_label(b.numpy().astype(np.float64))
+                                   for b in batch_items["boxes"]])
+                loss = deeplung_loss(head, labels, 2)
+            loss.backward()
+            t3 = time.perf_counter()
+            opt.zero_grad()
+            output.backward(head.grad)
+            opt.step()
+            t4 = time.perf_counter()
+            if rep:
+                rows[style].append((t1 - t0, t3 - t2, (t2 - t1) + (t4 - t3)))
+    out = {}
+    for style, times in rows.items():
+        data, label_loss, network = (float(np.median(v)) for v in zip(*times))
+        step = data + label_loss + network
+        out[style] = {"data": data, "label_loss": label_loss, "network": network, "step": step,
+                      "outside_share": (data + label_loss) / step, "steps_per_s": 1 / step,
+                      "crops_per_s": batch / step}
+    return {"case": name, "width": width, "crop": crop, "batch": batch, **out}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--no-full", action="store_true", help="skip full width at 96^3 (slow on CPU)")
+    p.add_argument("--json", help="write the results here")
+    args = p.parse_args()
+    torch.set_flush_denormal(True)
+    cases = [("cpu preset", 0.25, 48, 8)]
+    if not args.no_full:
+        cases.append(("full width", 1.0, 96, 2))
+    with tempfile.TemporaryDirectory() as folder:
+        uids = synthetic_scans(folder)
+        results = [time_case(*c, folder, uids, args.repeats) for c in cases]
+    rows = []
+    for r in results:
+        for style in ("ours", "deeplung"):
+            t = r[style]
+            rows.append([r["case"], "%g x %d^3 x %d" % (r["width"], r["crop"], r["batch"]), style,
+                         fmt_ms(t["data"]), fmt_ms(t["label_loss"]), fmt_ms(t["network"]), fmt_ms(t["step"]),
+                         "%.1f%%" % (100 * t["outside_share"]), "%.2f" % t["crops_per_s"]])
+    print("Training step (median of %d after a warm-up), %d threads" % (args.repeats, torch.get_num_threads()))
+    print_table(["case", "width x crop x batch", "step", "data ms", "label+loss ms", "network ms", "total ms",
+                 "outside network", "crops/s"], rows, left=(0, 1, 2))
+    if args.json:
+        write_json(args.json, {"benchmark": "train", "machine": machine(), "results": results})
+
+
+if __name__ == "__main__":
+    main()

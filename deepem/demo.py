@@ -1,0 +1,293 @@
+"""The main job: the DeepEM phantom benchmark end to end (`deepem demo`).
+
+Stages, each reused when a second run finds it finished (a stage.json marker in its folder):
+  data      phantom CTs (demo field of view) -> preprocess; splits full / weak / val / test
+  init      supervised training on the full split: the shared starting checkpoint
+  baseline  the init run continued on the full split for as many steps as EM takes
+  em_map, em_sampling   DeepEM from init with the weak split's weak labels only
+  oracle    from init on full + weak with the weak scans' TRUE boxes: the ceiling
+  test      each method's validation-selected model detects the test split; LUNA16 FROC,
+            paired bootstrap of each method against the baseline
+Every stage calls the same functions as the subcommands (phantom, preprocess, train, em,
+detect, evaluate). The test split is read only by the final detection; model selection uses
+the validation split; the EM path never reads the weak scans' true boxes.
+"""
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from .data import io, phantom, preprocess, tables
+from .data.atomic import atomic_write
+from .train import config as cfg
+
+METHODS = ("baseline", "deepem_map", "deepem_sampling", "oracle")
+LABELS = {"baseline": "Baseline (full only)", "deepem_map": "DeepEM MAP", "deepem_sampling": "DeepEM sampling (k=2)",
+          "oracle": "Oracle (weak scans' true boxes)"}
+
+
+@dataclass
+class Settings:
+    n_full: int  # fully labelled scans
+    n_weak: int  # weakly labelled scans (central slice + lobe only)
+    n_val: int  # model selection
+    n_test: int  # final evaluation only
+    width: float  # Res18 channel multiplier
+    crop: int  # training crop side
+    batch: int
+    lr: float
+    init_epochs: int  # supervised epochs before EM
+    em_epochs: int  # EM epochs (= the baseline's and oracle's extra epochs)
+    steps: int  # SGD steps per epoch (every method)
+    weak_steps: int  # of those, EM's steps over weak crops
+    em_fraction: float  # share of weak scans re-estimated per E-step
+    select: str  # validation metric: cpm | loss
+    tile: int  # detection tile side
+    margin: int
+    num_neg: int
+
+
+QUICK = Settings(n_full=3, n_weak=3, n_val=2, n_test=4, width=0.125, crop=32, batch=4, lr=0.01, init_epochs=1,
+                 em_epochs=1, steps=3, weak_steps=1, em_fraction=1.0, select="loss", tile=128, margin=8, num_neg=100)
+DEFAULT = Settings(n_full=6, n_weak=24, n_val=6, n_test=50, width=0.25, crop=32, batch=8, lr=0.01, init_epochs=4,
+                   em_epochs=3, steps=25, weak_steps=12, em_fraction=0.5, select="cpm", tile=128, margin=8,
+                   num_neg=200)
+FULL = Settings(n_full=60, n_weak=240, n_val=40, n_test=100, width=1.0, crop=96, batch=32, lr=1e-3, init_epochs=40,
+                em_epochs=40, steps=0, weak_steps=0, em_fraction=1 / 16, select="cpm", tile=144, margin=32,
+                num_neg=800)
+
+
+def log(msg):
+    print("[demo %s] %s" % (time.strftime("%H:%M:%S"), msg), flush=True)
+
+
+class Stage:
+    """A stage folder with a completion marker holding the stage's seconds and results."""
+
+    def __init__(self, root, name):
+        self.dir, self.name = os.path.join(root, name), name
+        self.marker = os.path.join(self.dir, "stage.json")
+
+    def done(self):
+        if os.path.isfile(self.marker):
+            with open(self.marker) as f:
+                return json.load(f)
+        return None
+
+    def finish(self, seconds, **info):
+        record = {"seconds": seconds, **info}
+        atomic_write(self.marker, lambda f: f.write(json.dumps(record, indent=1).encode()))
+        return record
+
+
+def run_stage(root, name, work, times):
+    stage = Stage(root, name)
+    record = stage.done()
+    if record is not None:
+        log("%s: finished earlier (%.0f s), reused" % (name, record["seconds"]))
+    else:
+        log("%s ..." % name)
+        t0 = time.perf_counter()
+        info = work(stage.dir)
+        record = stage.finish(time.perf_counter() - t0, **(info if isinstance(info, dict) else {}))
+        log("%s: done in %.0f s" % (name, record["seconds"]))
+    times[name] = record["seconds"]
+    return record
+
+
+def make_data(out, s: Settings, seed, workers):
+    raw, pre = os.path.join(out, "raw"), os.path.join(out, "preprocessed")
+    n = s.n_full + s.n_weak + s.n_val + s.n_test
+    # The generator's test share becomes val + test here; weak labels exist for the weak split only.
+    splits = phantom.make_dataset(raw, n_scans=n, seed=seed, preset="demo", workers=workers,
+                                  split=(s.n_full, s.n_weak, s.n_val + s.n_test), progress=True)
+    report = preprocess.preprocess_dataset(raw, pre, annotations_csv=os.path.join(raw, "annotations.csv"),
+                                           weak_csv=os.path.join(raw, "weak_labels.csv"), workers=workers)
+    if report["failed"]:
+        raise RuntimeError("preprocessing failed for %s" % ", ".join(sorted(report["failed"])))
+    held = list(splits["test"])
+    rng = np.random.default_rng([seed, 5])
+    order = rng.permutation(len(held))
+    ours = {"full": splits["full"], "weak": splits["weak"], "val": [held[i] for i in order[: s.n_val]],
+            "test": [held[i] for i in order[s.n_val:]]}
+    with open(os.path.join(pre, "splits.json"), "w") as f:
+        json.dump(ours, f, indent=1)
+    # The oracle trains on full + weak with true boxes: a uid list file as its train split.
+    with open(os.path.join(pre, "full_and_weak.txt"), "w") as f:
+        f.write("\n".join(ours["full"] + ours["weak"]) + "\n")
+    return {"scans": n, "splits": {k: len(v) for k, v in ours.items()}}
+
+
+def train_config(out_dir, data_dir, s: Settings, seed, workers, em=None, train_split="full", epochs=1, extra=None):
+    values = {
+        "data": {"root": data_dir, "train_split": train_split, "val_split": "val", "crop_size": s.crop,
+                 "workers": 0},  # crops are cheap; worker start-up per epoch is not, on 2 cores
+        "model": {"width": s.width},
+        "loss": {"num_neg": s.num_neg},
+        "optim": {"lr": s.lr, "batch_size": s.batch, "epochs": epochs, "steps_per_epoch": s.steps,
+                  "lr_milestones": [], "lr_factors": []},  # constant lr: every method's steps count alike
+        "run": {"out": out_dir, "seed": seed, "select": s.select, "progress": True, "log_every": 5},
+        "detect": {"tile": s.tile, "margin": s.margin},
+    }
+    if em is not None:
+        values["em"] = {"method": em, "k": 2, "fraction": s.em_fraction, "weak_steps": s.weak_steps,
+                        "full_steps": max(s.steps - s.weak_steps, 1)}
+    return cfg.load_config(extra=cfg.merge(values, extra or {}))
+
+
+def best_checkpoint(run_dir):
+    best = os.path.join(run_dir, "best.pt")
+    return best if os.path.isfile(best) else os.path.join(run_dir, "last.pt")
+
+
+def detect_split(checkpoint_path, data_dir, uids, s: Settings):
+    from .infer import Detector
+
+    det = Detector(checkpoint_path, tile=s.tile, margin=s.margin)
+    marks = {}
+    for uid in uids:
+        m = det.detect((data_dir, uid))
+        marks[uid] = (m, np.concatenate([m.world_xyz, m.probability[:, None]], 1))
+    return marks
+
+
+def evaluate_methods(out, s: Settings, raw, pre, test_uids):
+    from .eval import froc, plots
+    from .infer.overlays import write_overlays
+
+    annotations = tables.read_annotations(os.path.join(raw, "annotations.csv"))
+    excluded = tables.read_annotations(os.path.join(raw, "annotations_excluded.csv"), excluded=True)
+    marks, results = {}, {}
+    os.makedirs(os.path.join(out, "test"), exist_ok=True)
+    for method in METHODS:
+        found = detect_split(best_checkpoint(os.path.join(out, method)), pre, test_uids, s)
+        marks[method] = {u: m[1] for u, m in found.items()}
+        froc.write_marks(os.path.join(out, "test", method + ".csv"), marks[method],
+                         {u: m[0].diameter_mm for u, m in found.items()})
+        results[method] = froc.evaluate(marks[method], annotations, test_uids, excluded=excluded, bootstrap=1000)
+        if method == "deepem_sampling":  # a few pictures of what DeepEM finds on the test split
+            for uid in test_uids[:3]:
+                vol = io.read_image(preprocess.load_meta(pre, uid)["source"])
+                write_overlays(vol, found[uid][0][:2], os.path.join(out, "overlays"), min_probability=0.5)
+    table = {}
+    for method in METHODS:
+        r = results[method]
+        row = {"cpm": float(r.cpm), "sensitivity": [float(v) for v in r.sensitivity], "cpm_ci95": r.ci95["cpm"]}
+        if method.startswith("deepem"):
+            cmp = froc.compare(marks[method], marks["baseline"], annotations, test_uids, excluded=excluded)
+            gap = results["oracle"].cpm - results["baseline"].cpm
+            row.update({"gain_cpm": float(cmp["diff"]), "gain_ci95": [float(v) for v in cmp["ci95"]],
+                        "p_gain_positive": float(cmp["p_positive"]),
+                        "gap_closed": float(cmp["diff"] / gap) if gap > 0 else None})
+        table[method] = row
+    plots.froc_plot(os.path.join(out, "froc.png"), {LABELS[m]: results[m] for m in METHODS},
+                    title="DeepEM phantom benchmark, %d test scans" % len(test_uids))
+    return table
+
+
+def run_once(out, s: Settings, seed, workers):
+    """One seed of the benchmark; returns results.json's content."""
+    from .em import em_fit
+    from .train.trainer import fit
+
+    os.makedirs(out, exist_ok=True)
+    times = {}
+    pre, raw = os.path.join(out, "preprocessed"), os.path.join(out, "raw")
+    data = run_stage(out, "data", lambda d: make_data(out, s, seed, workers), times)
+    total = s.init_epochs + s.em_epochs
+    init_ckpt = os.path.join(out, "init.pt")
+
+    def baseline(d):
+        c = train_config(d, pre, s, seed, workers, epochs=total)
+        fit(c, resume="auto", stop_at=s.init_epochs)
+        from .train.checkpoint import link
+
+        link(os.path.join(d, "last.pt"), init_ckpt)
+        fit(c, resume="auto")
+
+    run_stage(out, "baseline", baseline, times)
+    for method, em in (("deepem_map", "map"), ("deepem_sampling", "sample")):
+        run_stage(out, method, lambda d, em=em: em_fit(train_config(d, pre, s, seed, workers, em=em,
+                                                                    epochs=s.em_epochs),
+                                                       init=init_ckpt, resume="auto"), times)
+    run_stage(out, "oracle", lambda d: fit(train_config(d, pre, s, seed, workers, epochs=s.em_epochs,
+                                                        train_split=os.path.join(pre, "full_and_weak.txt")),
+                                           init=init_ckpt, resume="auto"), times)
+    with open(os.path.join(pre, "splits.json")) as f:
+        test_uids = json.load(f)["test"]
+    record = run_stage(out, "test", lambda d: {"methods": evaluate_methods(out, s, raw, pre, test_uids)}, times)
+    # Stages reused from an earlier run count with the seconds they took then.
+    results = {"methods": record["methods"], "seconds_total": float(sum(times.values())), "stage_seconds": times,
+               "seed": seed, "settings": asdict(s), "data": data}
+    write_results(out, results)
+    return results
+
+
+def markdown(results, title):
+    rates = ["1/8", "1/4", "1/2", "1", "2", "4", "8"]
+    lines = ["# %s" % title, "", "| method | " + " | ".join(rates) + " | CPM | gain vs baseline [95% CI] | P(gain > 0) "
+             "| gap closed |", "|---" * 12 + "|"]
+    for m in METHODS:
+        r = results["methods"][m]
+        gain = p = gap = ""
+        if "gain_cpm" in r:
+            gain = "%+.3f [%+.3f, %+.3f]" % (r["gain_cpm"], *r["gain_ci95"])
+            p = "%.3f" % r["p_gain_positive"]
+            gap = "" if r["gap_closed"] is None else "%.0f%%" % (100 * r["gap_closed"])
+        lines.append("| %s | %s | %.3f | %s | %s | %s |" % (LABELS[m], " | ".join("%.3f" % v for v in r["sensitivity"]),
+                                                          r["cpm"], gain, p, gap))
+    lines += ["", "Stage seconds: " + ", ".join("%s %.0f" % kv for kv in results["stage_seconds"].items())
+              + "; total %.0f s." % results["seconds_total"]]
+    return "\n".join(lines) + "\n"
+
+
+def write_results(out, results):
+    atomic_write(os.path.join(out, "results.json"), lambda f: f.write(json.dumps(results, indent=1).encode()))
+    text = markdown(results, "DeepEM phantom benchmark (seed %d)" % results["seed"])
+    atomic_write(os.path.join(out, "results.md"), lambda f: f.write(text.encode()))
+    print(text)
+
+
+def aggregate(runs):
+    """mean and sd over seeds of every row's CPM, sensitivities and gains."""
+    out = {}
+    for m in METHODS:
+        rows = [r["methods"][m] for r in runs]
+        agg = {"cpm_mean": float(np.mean([r["cpm"] for r in rows])), "cpm_sd": float(np.std([r["cpm"] for r in rows], ddof=1)),
+               "sensitivity_mean": np.mean([r["sensitivity"] for r in rows], 0).tolist()}
+        if "gain_cpm" in rows[0]:
+            agg["gain_mean"] = float(np.mean([r["gain_cpm"] for r in rows]))
+            agg["gain_sd"] = float(np.std([r["gain_cpm"] for r in rows], ddof=1))
+        out[m] = agg
+    return out
+
+
+def main(out, seed=0, seeds=1, quick=False, full=False, workers=2):
+    if full:
+        import torch
+
+        if not torch.cuda.is_available():
+            print("deepem demo --full: the paper's setting (full width, 96^3 crops, batch 32) needs a CUDA GPU; "
+                  "none is available here. Run the default (2-CPU) demo instead.", file=sys.stderr)
+            return 2
+    s = QUICK if quick else FULL if full else DEFAULT
+    runs = []
+    for k in range(seeds):
+        folder = out if seeds == 1 else os.path.join(out, "seed_%d" % (seed + k))
+        runs.append(run_once(folder, s, seed + k, workers))
+    if seeds > 1:
+        summary = {"seeds": [seed + k for k in range(seeds)], "methods": aggregate(runs),
+                   "seconds_total": float(sum(r["seconds_total"] for r in runs))}
+        atomic_write(os.path.join(out, "results.json"), lambda f: f.write(json.dumps(summary, indent=1).encode()))
+        lines = ["| method | CPM mean ± sd | gain mean ± sd |", "|---|---|---|"]
+        for m in METHODS:
+            a = summary["methods"][m]
+            gain = "%+.3f ± %.3f" % (a["gain_mean"], a["gain_sd"]) if "gain_mean" in a else ""
+            lines.append("| %s | %.3f ± %.3f | %s |" % (LABELS[m], a["cpm_mean"], a["cpm_sd"], gain))
+        text = "# DeepEM phantom benchmark, %d seeds\n\n" % seeds + "\n".join(lines) + "\n"
+        atomic_write(os.path.join(out, "results.md"), lambda f: f.write(text.encode()))
+        print(text)
+    return 0

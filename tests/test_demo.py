@@ -1,0 +1,64 @@
+"""`deepem demo --quick`: the one end-to-end run in CI (phantom data -> baseline, DeepEM MAP and
+sampling, oracle -> test FROC). Checks the outputs' contract and the splits' integrity; the
+quick setting makes no claim about which method wins."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+pytest.importorskip("SimpleITK")
+METHODS = ("baseline", "deepem_map", "deepem_sampling", "oracle")
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    r = subprocess.run([sys.executable, "-m", "deepem", "demo", "--quick", "--out", str(out)],
+                       capture_output=True, text=True, timeout=1800)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return out, r
+
+
+def test_results_contract(demo):
+    out, r = demo
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["methods"]) == set(METHODS)
+    for m in METHODS:
+        row = results["methods"][m]
+        assert 0 <= row["cpm"] <= 1 and len(row["sensitivity"]) == 7
+    for m in ("deepem_map", "deepem_sampling"):
+        row = results["methods"][m]
+        assert len(row["gain_ci95"]) == 2 and 0 <= row["p_gain_positive"] <= 1
+        assert row["gain_ci95"][0] <= row["gain_cpm"] + 1e-12 <= row["gain_ci95"][1] + 2e-12
+    assert results["seconds_total"] > 0
+    for name in ("results.md", "froc.png"):
+        assert (out / name).stat().st_size > 0
+    assert "DeepEM sampling" in r.stdout
+    assert len(list((out / "deepem_map" / "pseudo_boxes").glob("epoch_*.csv"))) == 1
+
+
+def test_splits_are_disjoint_and_test_is_never_trained_or_selected_on(demo):
+    out, _ = demo
+    splits = json.loads((out / "preprocessed" / "splits.json").read_text())
+    names = [set(splits[k]) for k in ("full", "weak", "val", "test")]
+    assert sum(len(s) for s in names) == len(set().union(*names))
+    test = set(splits["test"])
+    for m in METHODS:
+        c = yaml.safe_load((out / m / "config.yaml").read_text())
+        assert c["data"]["val_split"] == "val"
+        train = c["data"]["train_split"]
+        uids = open(train).read().split() if os.path.isfile(train) else splits[train]
+        assert not test & set(uids)
+        if m.startswith("deepem"):
+            assert c["em"]["weak_split"] == "weak"
+
+
+def test_second_run_reuses_finished_stages(demo):
+    out, _ = demo
+    r = subprocess.run([sys.executable, "-m", "deepem", "demo", "--quick", "--out", str(out)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0
+    assert r.stdout.count("reused") == 6  # data, baseline, map, sampling, oracle, test
