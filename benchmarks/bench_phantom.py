@@ -142,20 +142,8 @@ def run_preset(preset, n_scans, seed, workers):
     return out
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--preset", nargs="+", default=["demo", "luna16"])
-    p.add_argument("--scans", type=int, nargs="+", default=[40, 16], help="per preset")
-    p.add_argument("--seed", type=int, default=1000)
-    p.add_argument("--workers", type=int, default=1)
-    p.add_argument("--json")
-    p.add_argument("--txt")
-    args = p.parse_args(argv)
-    results = []
-    for preset, n in zip(args.preset, args.scans):
-        t = time.perf_counter()
-        results.append(run_preset(preset, n, args.seed, args.workers))
-        results[-1]["wall_s"] = time.perf_counter() - t
+def report_lines(results):
+    """The printed table and one line per preset (printed, and returned for --txt)."""
     rows = []
     for r in results:
         for name, label in (("dot", "Hessian dot (Li 2003)"), ("log", "LoG")):
@@ -174,6 +162,24 @@ def main(argv=None):
                   "%.2f" % (r["voxels_1mm_median"] / 1e6), json.dumps(r["types"])))
         print(msg)
         lines.append(msg)
+    return lines
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--preset", nargs="+", default=["demo", "luna16"])
+    p.add_argument("--scans", type=int, nargs="+", default=[40, 16], help="per preset")
+    p.add_argument("--seed", type=int, default=1000)
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--json")
+    p.add_argument("--txt")
+    args = p.parse_args(argv)
+    results = []
+    for preset, n in zip(args.preset, args.scans):
+        t = time.perf_counter()
+        results.append(run_preset(preset, n, args.seed, args.workers))
+        results[-1]["wall_s"] = time.perf_counter() - t
+    lines = report_lines(results)
     report = {"machine": machine(), "sigmas_mm": SIGMAS_MM, "results": results}
     if args.json:
         with open(args.json, "w") as f:

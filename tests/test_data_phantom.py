@@ -74,7 +74,8 @@ def test_nodules_are_placed_as_drawn():
                 assert min(which) <= r and inside > 0.8 * r
             elif n["attach"] == "vascular":
                 t = plan["trees"][n["lung"]]
-                gap = min(np.min(np.linalg.norm(tr.points - c, axis=1) - tr.radii) for tr in t.values() if len(tr.points))
+                gap = min(np.min(np.linalg.norm(tr.points - c, axis=1) - tr.radii)
+                          for tr in t.values() if len(tr.points))
                 assert gap <= r and inside > r
             else:
                 assert inside > r

@@ -9,7 +9,7 @@ approximate but smooth. The oblique fissure runs from high at the back to the di
 front (behind/below it: the lower lobe); on the right a horizontal fissure parts upper and
 middle lobe; on the left the lingula is the upper lobe's part below a level (no fissure).
 """
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -54,7 +54,6 @@ class Chest:
     rib_drop: float  # ribs descend this much from back to front
     lung_hu: float  # parenchyma at mid depth
     gravity_hu: float  # extra density at the back (dependent lung)
-    extra: dict = field(default_factory=dict)
 
     @property
     def z_range(self):
@@ -82,7 +81,8 @@ def draw_chest(rng) -> Chest:
             right=right, cx=s * (gap / 2 + ax), cy=cy, ax=ax * rng.uniform(0.95, 1.02), ay=ay * rng.uniform(0.97, 1.0),
             height=h, shoulder=rng.uniform(0.5, 0.6) * h, dome_top=top, dome_drop=rng.uniform(40, 55),
             obl_z=rng.uniform(0.36, 0.44) * h, obl_slope=obl_slope, obl_tilt=rng.uniform(-0.1, 0.1),
-            hor_z=rng.uniform(0.52, 0.6) * h if right else rng.uniform(0.42, 0.5) * h, hor_slope=rng.uniform(-0.1, 0.05)))
+            hor_z=rng.uniform(0.52, 0.6) * h if right else rng.uniform(0.42, 0.5) * h,
+            hor_slope=rng.uniform(-0.1, 0.05)))
     return Chest(
         body_ax=bx, body_ay=by, wall=wall, fat=fat, lungs=lungs,
         heart_c=np.array([rng.uniform(0.12, 0.22) * height, cy - rng.uniform(0.25, 0.4) * ay, rng.uniform(15, 30)]),

@@ -1,4 +1,5 @@
 """Writing a phantom data set in LUNA16 layout (scans in parallel; bytes independent of it)."""
+import dataclasses
 import json
 import os
 
@@ -97,11 +98,17 @@ def make_dataset(out_dir, n_scans=10, seed=0, shape=None, n_subsets=10, split=(0
         json.dump(splits, f, indent=1)
     settings = {"seed": int(seed), "n_scans": int(n_scans), "preset": preset,
                 "shape": None if shape is None else [int(v) for v in shape], "n_subsets": n_subsets,
-                "split": list(split), "scan_kwargs": {k: np.asarray(v).tolist() for k, v in scan_kwargs.items()},
+                "split": list(split), "scan_kwargs": {k: _jsonable(v) for k, v in scan_kwargs.items()},
                 "subsets": {u: s for u, s, _, _ in results}}
     with open(os.path.join(out_dir, "phantom.json"), "w") as f:
         json.dump(settings, f, indent=1)
     return splits
+
+
+def _jsonable(value):
+    if dataclasses.is_dataclass(value):
+        return dataclasses.asdict(value)
+    return np.asarray(value).tolist() if value is not None else None
 
 
 def _progress(iterable, total, enabled):

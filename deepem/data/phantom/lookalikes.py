@@ -58,7 +58,7 @@ def plan_lookalikes(rng, placer, opt: LookalikeOptions, lung_litres, airway):
         i = int(rng.choice(big))
         length = rng.uniform(8, 20)
         sel = np.nonzero(np.linalg.norm(pts - pts[i], axis=1) < length / 2)[0]
-        if placer._free(pts[i], length / 2):
+        if placer.is_free(pts[i], length / 2):
             placer.placed.append((pts[i], length / 2))
             out.append(dict(kind="mucus plug", centre=pts[i], points=pts[sel], radii=lumen[sel] * 1.02,
                             hu=rng.uniform(0, 40)))

@@ -95,7 +95,7 @@ class Placer:
         p = np.atleast_2d(p)
         return lung_sdf(self.chest, self.chest.lungs[k], p[:, 0], p[:, 1], p[:, 2])
 
-    def _free(self, c, radius, gap=2.0):
+    def is_free(self, c, radius, gap=2.0):
         return all(np.linalg.norm(c - q) > radius + rq + gap for q, rq in self.placed)
 
     def _in_fov(self, c, radius):
@@ -119,7 +119,7 @@ class Placer:
         for _ in range(tries):
             if attach == "isolated":
                 for k, c in self.random_inside(radius, radius + 1.5)[:20]:
-                    if self._free(c, radius) and self._clear_of_vessels(k, c, radius):
+                    if self.is_free(c, radius) and self._clear_of_vessels(k, c, radius):
                         return self._take(k, c, radius, attach)
             elif attach == "pleural":
                 got = self._pleural(radius)
@@ -158,7 +158,7 @@ class Placer:
             g = np.array([(self.sdf(k, b + e)[0] - self.sdf(k, b - e)[0]) for e in np.eye(3) * 0.5])
             n = g / max(np.linalg.norm(g), 1e-9)
             c = b - n * radius * self.rng.uniform(0.4, 0.8)
-            if self._in_fov(c, radius) and self.sdf(k, c)[0] < 0 and self._free(c, radius):
+            if self._in_fov(c, radius) and self.sdf(k, c)[0] < 0 and self.is_free(c, radius):
                 return k, c
         return None
 
@@ -173,7 +173,7 @@ class Placer:
                           for e in eps])
             n = g / max(np.linalg.norm(g), 1e-9)
             c = q - n * d + n * np.sign(self.rng.uniform(-1, 1)) * radius * self.rng.uniform(0.4, 0.8)
-            if self._in_fov(c, radius) and self.sdf(k, c)[0] < -0.8 * radius and self._free(c, radius):
+            if self._in_fov(c, radius) and self.sdf(k, c)[0] < -0.8 * radius and self.is_free(c, radius):
                 return k, c
         return None
 
@@ -190,7 +190,7 @@ class Placer:
                 u = u - (u @ t) * t
                 u /= max(np.linalg.norm(u), 1e-9)
                 c = pts[i] + u * (rad[i] + radius * self.rng.uniform(0.5, 0.85))
-                if self._in_fov(c, radius) and self.sdf(k, c)[0] < -(radius + 1.0) and self._free(c, radius):
+                if self._in_fov(c, radius) and self.sdf(k, c)[0] < -(radius + 1.0) and self.is_free(c, radius):
                     return k, c
         return None
 

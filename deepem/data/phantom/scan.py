@@ -108,7 +108,8 @@ def plan_scan(seed, index=0, preset="luna16", shape=None, spacing=None, origin=N
         airway = tuple(np.concatenate([p[k] for p in parts]) for k in range(3))
 
     nrng = _rng(seed, index, 3)
-    placer = nodules.Placer(nrng, chest, trees if opt.vessels else [{} for _ in chest.lungs], grid.corner_mm, grid.hi_mm)
+    placer = nodules.Placer(nrng, chest, trees if opt.vessels else [{} for _ in chest.lungs], grid.corner_mm,
+                            grid.hi_mm)
     count = nodules.draw_count(nrng, opt.nodule_stats) if n_nodules is None else int(n_nodules)
     nods = []
     for _ in range(count):
@@ -195,7 +196,8 @@ def render_scan(plan):
         nodules.render_nodule(img, grid, dict(round_, **ex), rrng)
     for lk in plan["lookalikes"]:
         if lk["kind"] == "granuloma":
-            nodules.render_nodule(img, grid, dict(round_, centre=lk["centre"], diameter=lk["diameter"], hu=lk["hu"]), rrng)
+            nodules.render_nodule(img, grid, dict(round_, centre=lk["centre"], diameter=lk["diameter"], hu=lk["hu"]),
+                                  rrng)
         elif lk["kind"] == "scar" and lk["focal"] is not None:
             f = lk["focal"]
             nodules.render_nodule(img, grid, dict(round_, centre=lk["centre"], diameter=f["diameter"], rot=f["rot"],
@@ -237,14 +239,19 @@ def _outputs(plan, hu, seg):
 
 
 def make_scan(seed, index=0, shape=None, spacing=None, origin=None, direction=io.IDENTITY, n_nodules=None,
-              preset="luna16", **options):
+              preset="luna16", n_vessels=None, n_distractors=None, **options):
     """One phantom scan. `preset` picks the field of view ('luna16': the whole chest at
     512 x 512 pixels; 'demo': a 128 x 128 x 64-80 mm window onto one lung); `shape` (z, y, x)
     overrides its voxel count (a window of that size around the preset's centre) and `spacing`
-    (x, y, z mm, as SimpleITK) its random spacing. `options` are Options fields. Returns
+    (x, y, z mm, as SimpleITK) its random spacing. `options` are Options fields (n_vessels=0 and
+    n_distractors=0, the first generator's arguments, mean vessels=False, lookalike_rates=None). Returns
     (Volume int16, seg-lungs uint8, info): info holds 'nodules' [N, 4] world (x, y, z, d),
     'lobes' [N], 'types' [N] (texture, attachment, shape), 'excluded' [M, 4] (sub-3 mm findings,
     for annotations_excluded.csv), 'lookalikes' [K, 3] world and 'lookalike_kinds' [K]."""
+    if n_vessels is not None:  # the first generator's arguments: 0 vessels / 0 distractors turn them off
+        options.setdefault("vessels", n_vessels > 0)
+    if n_distractors is not None and n_distractors == 0:
+        options.setdefault("lookalike_rates", None)
     opt = Options(**options)
     plan = plan_scan(seed, index, preset, shape, spacing, origin, direction, n_nodules, opt)
     return render_scan(plan)

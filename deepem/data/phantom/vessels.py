@@ -104,7 +104,8 @@ def grow_lung_trees(rng, chest: Chest, lung: Lung, n_points=2500, window=None):
     s = -1.0 if lung.right else 1.0
     medial = lung.cx - s * lung.ax * 0.78
     trees = {}
-    for name, z, y, r0 in (("artery", 0.55, -0.05, rng.uniform(4.5, 6.0)), ("vein", 0.35, -0.25, rng.uniform(4.0, 5.5))):
+    roots = (("artery", 0.55, -0.05, rng.uniform(4.5, 6.0)), ("vein", 0.35, -0.25, rng.uniform(4.0, 5.5)))
+    for name, z, y, r0 in roots:
         root = np.array([z * lung.height, lung.cy + y * lung.ay, medial])
         territory = lung_points(rng, chest, lung, n_points)
         heading = territory.mean(0) - root
