@@ -282,11 +282,11 @@ def main(out, seed=0, seeds=1, quick=False, full=False, workers=2):
         summary = {"seeds": [seed + k for k in range(seeds)], "methods": aggregate(runs),
                    "seconds_total": float(sum(r["seconds_total"] for r in runs))}
         atomic_write(os.path.join(out, "results.json"), lambda f: f.write(json.dumps(summary, indent=1).encode()))
-        lines = ["| method | CPM mean ± sd | gain mean ± sd |", "|---|---|---|"]
+        lines = ["| method | CPM mean +- sd | gain mean +- sd |", "|---|---|---|"]
         for m in METHODS:
             a = summary["methods"][m]
-            gain = "%+.3f ± %.3f" % (a["gain_mean"], a["gain_sd"]) if "gain_mean" in a else ""
-            lines.append("| %s | %.3f ± %.3f | %s |" % (LABELS[m], a["cpm_mean"], a["cpm_sd"], gain))
+            gain = "%+.3f +- %.3f" % (a["gain_mean"], a["gain_sd"]) if "gain_mean" in a else ""
+            lines.append("| %s | %.3f +- %.3f | %s |" % (LABELS[m], a["cpm_mean"], a["cpm_sd"], gain))
         text = "# DeepEM phantom benchmark, %d seeds\n\n" % seeds + "\n".join(lines) + "\n"
         atomic_write(os.path.join(out, "results.md"), lambda f: f.write(text.encode()))
         print(text)

@@ -17,7 +17,7 @@ METHODS = ("baseline", "deepem_map", "deepem_sampling", "oracle")
 def demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
     r = subprocess.run([sys.executable, "-m", "deepem", "demo", "--quick", "--out", str(out)],
-                       capture_output=True, text=True, timeout=1800)
+                       capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=1800)
     assert r.returncode == 0, r.stderr[-3000:]
     return out, r
 
@@ -59,6 +59,6 @@ def test_splits_are_disjoint_and_test_is_never_trained_or_selected_on(demo):
 def test_second_run_reuses_finished_stages(demo):
     out, _ = demo
     r = subprocess.run([sys.executable, "-m", "deepem", "demo", "--quick", "--out", str(out)],
-                       capture_output=True, text=True, timeout=600)
+                       capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=600)
     assert r.returncode == 0
     assert r.stdout.count("reused") == 6  # data, baseline, map, sampling, oracle, test

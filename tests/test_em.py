@@ -356,7 +356,7 @@ def test_two_process_gloo_run_gives_the_pseudo_boxes_of_one(data, init, whole, t
             "--out", str(out)]
     for item in TINY + EM + ["optim.epochs=%d" % EPOCHS]:
         args += ["--set", item]
-    r = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    r = subprocess.run(args, capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.count("EM trained %d epochs" % EPOCHS) == 1  # rank 0 alone reports and writes
     name = "pseudo_boxes/epoch_000.csv"

@@ -76,7 +76,8 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(data, tmp_path):
 
 
 def run_cli(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "deepem", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "deepem", *args], capture_output=True, text=True, encoding="utf-8",
+                          errors="replace",
                           env={**os.environ, **(env or {})}, timeout=600)
 
 
@@ -107,7 +108,7 @@ def test_two_process_gloo_run(data, tmp_path):
             "--master_port", str(free_port()), "-m", "deepem", "train", "--data", data, "--out", str(out)]
     for item in TINY + ["optim.epochs=2", "run.threads=1"]:
         args += ["--set", item]
-    r = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    r = subprocess.run(args, capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.count("trained 2 epochs") == 1  # rank 0 alone reports and writes
     lines = [json.loads(l) for l in open(out / "metrics.jsonl")]
