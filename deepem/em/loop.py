@@ -11,9 +11,9 @@ from typing import Optional
 import numpy as np
 
 from ..data import datasets
+from ..data.atomic import atomic_write
 from ..train import checkpoint, config as cfg
 from ..train.trainer import Trainer, check_data_root, lr_at, read_split, validate
-from ..data.atomic import atomic_write
 from .estep import CSV_COLUMNS, run_estep
 from .lobe import LobeModel
 

@@ -273,8 +273,8 @@ class Trainer:
 
 
 def exclusion_band(weak_z, half_width: float):
-    """z bands [E, 2] around weak slices (crop voxels) where the M-step takes no negatives:
-    the public code's weak z +- 5 voxels."""
+    """z bands [E, 2] around weak slices (crop voxels) where the M-step takes no negatives
+    (config em.exclude_band; the public code used weak z +- 5 voxels)."""
     return torch.stack([weak_z - half_width, weak_z + half_width], -1)
 
 
