@@ -34,10 +34,12 @@ def weights(path):
     return checkpoint.load(path)["model"]
 
 
-def test_resume_is_bit_identical(data, tmp_path):
-    fit(config(data, tmp_path / "whole", epochs=3))
-    fit(config(data, tmp_path / "split", epochs=3), stop_at=2)
-    fit(config(data, tmp_path / "split", epochs=3), resume="auto")
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_resume_is_bit_identical(data, tmp_path, optimizer):
+    more = ["optim.name=" + optimizer]
+    fit(config(data, tmp_path / "whole", epochs=3, more=more))
+    fit(config(data, tmp_path / "split", epochs=3, more=more), stop_at=2)
+    fit(config(data, tmp_path / "split", epochs=3, more=more), resume="auto")
     a, b = weights(tmp_path / "whole" / "last.pt"), weights(tmp_path / "split" / "last.pt")
     assert a.keys() == b.keys()
     for k in a:
@@ -47,6 +49,7 @@ def test_resume_is_bit_identical(data, tmp_path):
     for name in ("config.yaml", "loss.png", "best.pt"):
         assert (tmp_path / "whole" / name).exists()
     state = checkpoint.load(tmp_path / "whole" / "last.pt")
+    assert type(Trainer(config(data, tmp_path / "t", more=more)).optimizer).__name__.lower() == optimizer
     assert state["epoch"] == 3 and "optimizer" in state and "rng" in state and state["config"]["model"]["width"] == 0.125
 
 
@@ -86,6 +89,8 @@ def test_config_errors_are_one_clear_line(data, tmp_path):
         load_config(overrides=["optim.lrr=0.1"])
     with pytest.raises(ConfigError, match="'optim.batch_size' must be int"):
         load_config(overrides=["optim.batch_size=two"])
+    with pytest.raises(ConfigError, match="'optim.name' must be sgd or adamw, got 'adam'"):
+        load_config(overrides=["optim.name=adam"])
     bad = tmp_path / "bad.yaml"
     bad.write_text("model:\n  depth: 3\n")
     r = run_cli("train", "--config", str(bad), "--out", str(tmp_path / "r"))

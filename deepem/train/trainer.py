@@ -83,8 +83,12 @@ class Trainer:
             self.net = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         self.loss = DetectionLoss(pos_threshold=config.loss.pos_threshold, neg_threshold=config.loss.neg_threshold,
                                   num_neg=config.loss.num_neg, num_hard=config.loss.num_hard)
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.optim.lr,
-                                         momentum=config.optim.momentum, weight_decay=config.optim.weight_decay)
+        o = config.optim
+        if o.name == "adamw":
+            self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
+        else:
+            self.optimizer = torch.optim.SGD(self.model.parameters(), lr=o.lr, momentum=o.momentum,
+                                             weight_decay=o.weight_decay)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.run.amp == "fp16")
         self.epoch = 0  # the next epoch to run
         self.best = None  # (metric, epoch): lower is better
