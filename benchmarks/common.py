@@ -7,11 +7,12 @@ A script imports these after putting this directory on sys.path:
 """
 import json
 import os
-import platform
 import statistics
 import time
 
 import torch
+
+from deepem.machine import describe
 
 
 def timeit(fn, min_runs=3, max_runs=50, budget=0.3, cuda=False, first_is_enough=False):
@@ -50,26 +51,7 @@ def with_threads(n, fn):
         torch.set_num_threads(before)
 
 
-def machine():
-    """CPU model, cores, torch version, GPU name (when CUDA is available) and the 1-minute
-    load average at the time of the call (high means other jobs shared the machine)."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    info = {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__}
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name()
-    try:
-        info["load_average_1min"] = os.getloadavg()[0]
-    except (AttributeError, OSError):  # not on this platform
-        info["load_average_1min"] = None
-    return info
+machine = describe  # the one implementation lives in the package
 
 
 def fmt_ms(seconds, digits=3):
