@@ -2,8 +2,8 @@
 
 Stages, each reused when a second run finds it finished (a stage.json marker in its folder):
   data      phantom CTs (demo field of view) -> preprocess; splits full / weak / val / test
-  init      supervised training on the full split: the shared starting checkpoint
-  baseline  the init run continued on the full split for as many steps as EM takes
+  init      supervised training on the full split at a constant lr: the shared start
+  baseline  from init, on the full split, for as many steps (and the same decaying lr) as EM
   em_map, em_sampling   DeepEM from init with the weak split's weak labels only
   oracle    from init on full + weak with the weak scans' TRUE boxes: the ceiling
   test      each method's validation-selected model detects the test split; LUNA16 FROC,
@@ -22,6 +22,7 @@ import numpy as np
 
 from .data import io, phantom, preprocess, tables
 from .data.atomic import atomic_write
+from .machine import describe
 from .train import config as cfg
 
 METHODS = ("baseline", "deepem_map", "deepem_sampling", "oracle")
@@ -38,27 +39,37 @@ class Settings:
     width: float  # Res18 channel multiplier
     crop: int  # training crop side
     batch: int
-    lr: float
+    optimizer: str  # sgd | adamw
+    lr: float  # constant through init; after it, x lr_factors from each milestone (a share of em_epochs)
+    lr_milestones: tuple
+    lr_factors: tuple
+    dropout: float  # before the head (DeepLung: 0.5; it stalls a narrow model's first hundreds of steps)
+    random_fraction: float  # share of random (mostly negative) training crops
     init_epochs: int  # supervised epochs before EM
-    em_epochs: int  # EM epochs (= the baseline's and oracle's extra epochs)
+    em_epochs: int  # EM epochs (= the baseline's and oracle's epochs after init)
     steps: int  # SGD steps per epoch (every method)
     weak_steps: int  # of those, EM's steps over weak crops
     em_fraction: float  # share of weak scans re-estimated per E-step
+    lobe_lr_factor: float  # lobe model's SGD lr = this x the detector's (paper, with SGD: 10)
+    weight_draws: bool  # sampling: scale each drawn pseudo box's loss by its posterior
     select: str  # validation metric: cpm | loss
     tile: int  # detection tile side
     margin: int
     num_neg: int
 
 
-QUICK = Settings(n_full=3, n_weak=3, n_val=2, n_test=4, width=0.125, crop=32, batch=4, lr=0.01, init_epochs=1,
-                 em_epochs=1, steps=3, weak_steps=1, em_fraction=1.0, select="loss", tile=128, margin=8, num_neg=100)
-DEFAULT = Settings(n_full=6, n_weak=24, n_val=6, n_test=50, width=0.25, crop=32, batch=8, lr=0.01, init_epochs=4,
-                   em_epochs=3, steps=25, weak_steps=12, em_fraction=0.5, select="cpm", tile=128, margin=8,
-                   num_neg=200)
-FULL = Settings(n_full=60, n_weak=240, n_val=40, n_test=100, width=1.0, crop=96, batch=32, lr=1e-3, init_epochs=40,
-                em_epochs=40, steps=0, weak_steps=0, em_fraction=1 / 16, select="cpm", tile=144, margin=32,
-                num_neg=800)
-
+QUICK = Settings(n_full=3, n_weak=3, n_val=2, n_test=4, width=0.125, crop=32, batch=4, optimizer="adamw", lr=0.01,
+                 lr_milestones=(), lr_factors=(), dropout=0.0, random_fraction=0.1, init_epochs=1, em_epochs=1, steps=3,
+                 weak_steps=1, em_fraction=1.0, lobe_lr_factor=300.0, weight_draws=True, select="loss", tile=128,
+                 margin=8, num_neg=100)
+DEFAULT = Settings(n_full=16, n_weak=48, n_val=12, n_test=50, width=0.25, crop=32, batch=8, optimizer="adamw", lr=1e-3,
+                   lr_milestones=(1 / 3, 2 / 3), lr_factors=(0.3, 0.1), dropout=0.0, random_fraction=0.1,
+                   init_epochs=3, em_epochs=3, steps=125, weak_steps=62, em_fraction=1.0, lobe_lr_factor=300.0,
+                   weight_draws=True, select="cpm", tile=128, margin=8, num_neg=200)
+FULL = Settings(n_full=60, n_weak=240, n_val=40, n_test=100, width=1.0, crop=96, batch=32, optimizer="sgd", lr=1e-2,
+                lr_milestones=(0.5, 0.8), lr_factors=(0.1, 0.01), dropout=0.5, random_fraction=0.3, init_epochs=40,
+                em_epochs=40, steps=0, weak_steps=0, em_fraction=1 / 16, lobe_lr_factor=10.0, weight_draws=False,
+                select="cpm", tile=144, margin=32, num_neg=800)
 
 def log(msg):
     print("[demo %s] %s" % (time.strftime("%H:%M:%S"), msg), flush=True)
@@ -121,20 +132,27 @@ def make_data(out, s: Settings, seed, workers):
     return {"scans": n, "splits": {k: len(v) for k, v in ours.items()}}
 
 
-def train_config(out_dir, data_dir, s: Settings, seed, workers, em=None, train_split="full", epochs=1, extra=None):
+def train_config(out_dir, data_dir, s: Settings, seed, em=None, train_split="full", init=False, extra=None):
+    """A run's config: init (constant lr, init_epochs) or a method after it (em_epochs, decaying lr)."""
+    epochs, milestones, factors = (s.init_epochs, [], []) if init else (s.em_epochs, list(s.lr_milestones),
+                                                                        list(s.lr_factors))
     values = {
         "data": {"root": data_dir, "train_split": train_split, "val_split": "val", "crop_size": s.crop,
+                 "random_fraction": s.random_fraction,
                  "workers": 0},  # crops are cheap; worker start-up per epoch is not, on 2 cores
-        "model": {"width": s.width},
+        "model": {"width": s.width, "dropout": s.dropout},
         "loss": {"num_neg": s.num_neg},
-        "optim": {"lr": s.lr, "batch_size": s.batch, "epochs": epochs, "steps_per_epoch": s.steps,
-                  "lr_milestones": [], "lr_factors": []},  # constant lr: every method's steps count alike
-        "run": {"out": out_dir, "seed": seed, "select": s.select, "progress": True, "log_every": 5},
+        "optim": {"name": s.optimizer, "lr": s.lr, "batch_size": s.batch, "epochs": epochs,
+                  "steps_per_epoch": s.steps, "lr_milestones": milestones, "lr_factors": factors},
+        # init selects nothing (its last weights are the start); the methods validate every epoch
+        "run": {"out": out_dir, "seed": seed, "select": s.select, "progress": True, "log_every": 5,
+                "val_every": epochs if init else 1},
         "detect": {"tile": s.tile, "margin": s.margin},
     }
     if em is not None:
         values["em"] = {"method": em, "k": 2, "fraction": s.em_fraction, "weak_steps": s.weak_steps,
-                        "full_steps": max(s.steps - s.weak_steps, 1)}
+                        "full_steps": s.steps - s.weak_steps if s.steps else 0,  # 0: one pass
+                        "lobe_lr_factor": s.lobe_lr_factor, "weighted": em == "sample" and s.weight_draws}
     return cfg.load_config(extra=cfg.merge(values, extra or {}))
 
 
@@ -197,36 +215,27 @@ def run_once(out, s: Settings, seed, workers):
     times = {}
     pre, raw = os.path.join(out, "preprocessed"), os.path.join(out, "raw")
     data = run_stage(out, "data", lambda d: make_data(out, s, seed, workers), times)
-    total = s.init_epochs + s.em_epochs
-    init_ckpt = os.path.join(out, "init.pt")
-
-    def baseline(d):
-        c = train_config(d, pre, s, seed, workers, epochs=total)
-        fit(c, resume="auto", stop_at=s.init_epochs)
-        from .train.checkpoint import link
-
-        link(os.path.join(d, "last.pt"), init_ckpt)
-        fit(c, resume="auto")
-
-    run_stage(out, "baseline", baseline, times)
+    init_ckpt = os.path.join(out, "init", "last.pt")
+    run_stage(out, "init", lambda d: fit(train_config(d, pre, s, seed, init=True), resume="auto"), times)
+    run_stage(out, "baseline", lambda d: fit(train_config(d, pre, s, seed), init=init_ckpt, resume="auto"), times)
     for method, em in (("deepem_map", "map"), ("deepem_sampling", "sample")):
-        run_stage(out, method, lambda d, em=em: em_fit(train_config(d, pre, s, seed, workers, em=em,
-                                                                    epochs=s.em_epochs),
-                                                       init=init_ckpt, resume="auto"), times)
-    run_stage(out, "oracle", lambda d: fit(train_config(d, pre, s, seed, workers, epochs=s.em_epochs,
-                                                        train_split=os.path.join(pre, "full_and_weak.txt")),
-                                           init=init_ckpt, resume="auto"), times)
+        run_stage(out, method, lambda d, em=em: em_fit(train_config(d, pre, s, seed, em=em), init=init_ckpt,
+                                                       resume="auto"), times)
+    both = os.path.join(pre, "full_and_weak.txt")
+    run_stage(out, "oracle", lambda d: fit(train_config(d, pre, s, seed, train_split=both), init=init_ckpt,
+                                           resume="auto"), times)
     with open(os.path.join(pre, "splits.json")) as f:
         test_uids = json.load(f)["test"]
     record = run_stage(out, "test", lambda d: {"methods": evaluate_methods(out, s, raw, pre, test_uids)}, times)
     # Stages reused from an earlier run count with the seconds they took then.
     results = {"methods": record["methods"], "seconds_total": float(sum(times.values())), "stage_seconds": times,
-               "seed": seed, "settings": asdict(s), "data": data}
+               "seed": seed, "settings": asdict(s), "data": data, "machine": describe()}
     write_results(out, results)
     return results
 
 
 def markdown(results, title):
+    mc = results["machine"]
     rates = ["1/8", "1/4", "1/2", "1", "2", "4", "8"]
     lines = ["# %s" % title, "", "| method | " + " | ".join(rates) + " | CPM | gain vs baseline [95% CI] | P(gain > 0) "
              "| gap closed |", "|---" * 12 + "|"]
@@ -240,7 +249,9 @@ def markdown(results, title):
         lines.append("| %s | %s | %.3f | %s | %s | %s |" % (LABELS[m], " | ".join("%.3f" % v for v in r["sensitivity"]),
                                                           r["cpm"], gain, p, gap))
     lines += ["", "Stage seconds: " + ", ".join("%s %.0f" % kv for kv in results["stage_seconds"].items())
-              + "; total %.0f s." % results["seconds_total"]]
+              + "; total %.0f s (%.1f min)." % (results["seconds_total"], results["seconds_total"] / 60),
+              "Machine: %s, %d cores, torch %s (%d threads)." % (mc["cpu"], mc["cores"], mc["torch"],
+                                                                 mc["torch_threads"])]
     return "\n".join(lines) + "\n"
 
 
@@ -280,13 +291,17 @@ def main(out, seed=0, seeds=1, quick=False, full=False, workers=2):
         runs.append(run_once(folder, s, seed + k, workers))
     if seeds > 1:
         summary = {"seeds": [seed + k for k in range(seeds)], "methods": aggregate(runs),
-                   "seconds_total": float(sum(r["seconds_total"] for r in runs))}
+                   "seconds_total": float(sum(r["seconds_total"] for r in runs)), "machine": describe()}
         atomic_write(os.path.join(out, "results.json"), lambda f: f.write(json.dumps(summary, indent=1).encode()))
         lines = ["| method | CPM mean +- sd | gain mean +- sd |", "|---|---|---|"]
         for m in METHODS:
             a = summary["methods"][m]
             gain = "%+.3f +- %.3f" % (a["gain_mean"], a["gain_sd"]) if "gain_mean" in a else ""
             lines.append("| %s | %.3f +- %.3f | %s |" % (LABELS[m], a["cpm_mean"], a["cpm_sd"], gain))
+        m = describe()
+        lines += ["", "Seeds %s; total %.0f s (%.1f min). Machine: %s, %d cores, torch %s (%d threads)."
+                  % (summary["seeds"], summary["seconds_total"], summary["seconds_total"] / 60, m["cpu"], m["cores"],
+                     m["torch"], m["torch_threads"])]
         text = "# DeepEM phantom benchmark, %d seeds\n\n" % seeds + "\n".join(lines) + "\n"
         atomic_write(os.path.join(out, "results.md"), lambda f: f.write(text.encode()))
         print(text)

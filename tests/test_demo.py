@@ -46,7 +46,7 @@ def test_splits_are_disjoint_and_test_is_never_trained_or_selected_on(demo):
     names = [set(splits[k]) for k in ("full", "weak", "val", "test")]
     assert sum(len(s) for s in names) == len(set().union(*names))
     test = set(splits["test"])
-    for m in METHODS:
+    for m in ("init",) + METHODS:
         c = yaml.safe_load((out / m / "config.yaml").read_text())
         assert c["data"]["val_split"] == "val"
         train = c["data"]["train_split"]
@@ -61,4 +61,4 @@ def test_second_run_reuses_finished_stages(demo):
     r = subprocess.run([sys.executable, "-m", "deepem", "demo", "--quick", "--out", str(out)],
                        capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=600)
     assert r.returncode == 0
-    assert r.stdout.count("reused") == 6  # data, baseline, map, sampling, oracle, test
+    assert r.stdout.count("reused") == 7  # data, init, baseline, map, sampling, oracle, test
