@@ -47,7 +47,7 @@ class Settings:
     random_fraction: float  # share of random (mostly negative) training crops
     init_epochs: int  # supervised epochs before EM
     em_epochs: int  # EM epochs (= the baseline's and oracle's epochs after init)
-    steps: int  # SGD steps per epoch (every method)
+    steps: int  # gradient steps per epoch (every method; fixed so that all get the same number)
     weak_steps: int  # of those, EM's steps over weak crops
     em_fraction: float  # share of weak scans re-estimated per E-step
     lobe_lr_factor: float  # lobe model's SGD lr = this x the detector's (paper, with SGD: 10)
@@ -66,9 +66,9 @@ DEFAULT = Settings(n_full=16, n_weak=48, n_val=12, n_test=50, width=0.25, crop=3
                    lr_milestones=(1 / 3, 2 / 3), lr_factors=(0.3, 0.1), dropout=0.0, random_fraction=0.1,
                    init_epochs=3, em_epochs=3, steps=125, weak_steps=62, em_fraction=1.0, lobe_lr_factor=300.0,
                    weight_draws=True, select="cpm", tile=128, margin=8, num_neg=200)
-FULL = Settings(n_full=60, n_weak=240, n_val=40, n_test=100, width=1.0, crop=96, batch=32, optimizer="sgd", lr=1e-2,
-                lr_milestones=(0.5, 0.8), lr_factors=(0.1, 0.01), dropout=0.5, random_fraction=0.3, init_epochs=40,
-                em_epochs=40, steps=0, weak_steps=0, em_fraction=1 / 16, lobe_lr_factor=10.0, weight_draws=False,
+FULL = Settings(n_full=60, n_weak=240, n_val=40, n_test=100, width=1.0, crop=96, batch=32, optimizer="sgd", lr=1e-3,
+                lr_milestones=(0.5, 0.75), lr_factors=(0.5, 0.1), dropout=0.5, random_fraction=0.3, init_epochs=40,
+                em_epochs=40, steps=100, weak_steps=50, em_fraction=1 / 16, lobe_lr_factor=10.0, weight_draws=False,
                 select="cpm", tile=144, margin=32, num_neg=800)
 
 def log(msg):
@@ -151,7 +151,7 @@ def train_config(out_dir, data_dir, s: Settings, seed, em=None, train_split="ful
     }
     if em is not None:
         values["em"] = {"method": em, "k": 2, "fraction": s.em_fraction, "weak_steps": s.weak_steps,
-                        "full_steps": s.steps - s.weak_steps if s.steps else 0,  # 0: one pass
+                        "full_steps": s.steps - s.weak_steps,
                         "lobe_lr_factor": s.lobe_lr_factor, "weighted": em == "sample" and s.weight_draws}
     return cfg.load_config(extra=cfg.merge(values, extra or {}))
 

@@ -62,3 +62,27 @@ def test_second_run_reuses_finished_stages(demo):
                        capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=600)
     assert r.returncode == 0
     assert r.stdout.count("reused") == 7  # data, init, baseline, map, sampling, oracle, test
+
+
+@pytest.mark.parametrize("name", ["QUICK", "DEFAULT", "FULL"])
+def test_every_method_gets_the_same_steps_and_schedule(name, tmp_path):
+    """The baseline trains as many steps as DeepEM's init + EM epochs, on the same lr schedule,
+    so that a gain cannot come from training longer."""
+    from deepem import demo
+
+    s = getattr(demo, name)
+    runs = {"baseline": demo.train_config(str(tmp_path), str(tmp_path), s, 0),
+            "oracle": demo.train_config(str(tmp_path), str(tmp_path), s, 0, train_split="full_and_weak.txt"),
+            "map": demo.train_config(str(tmp_path), str(tmp_path), s, 0, em="map"),
+            "sample": demo.train_config(str(tmp_path), str(tmp_path), s, 0, em="sample")}
+    init = demo.train_config(str(tmp_path), str(tmp_path), s, 0, init=True)
+    assert init.optim.epochs == s.init_epochs and init.optim.lr_milestones == []
+    for c in runs.values():
+        o = c.optim
+        assert (o.epochs, o.steps_per_epoch, o.lr, o.lr_milestones, o.lr_factors, o.name) == \
+            (s.em_epochs, s.steps, s.lr, list(s.lr_milestones), list(s.lr_factors), s.optimizer)
+        assert c.run.select == s.select and c.data.val_split == "val"
+    for method in ("map", "sample"):
+        em = runs[method].em
+        assert em.method == method and em.weak_split == "weak"
+        assert em.weak_steps + em.full_steps == s.steps > em.weak_steps > 0  # EM's weak + supervised steps
