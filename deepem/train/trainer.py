@@ -288,15 +288,31 @@ def plot_history(history, path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    def series(get):
+        values = [get(h) for h in history]
+        values = [float("nan") if v is None else v for v in values]
+        return values if any(math.isfinite(v) for v in values) else None
+
     epochs = [h["epoch"] for h in history]
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(epochs, [h["train"]["loss"] for h in history], "o-", label="train loss")
-    val = [h.get("val_loss") for h in history]
-    if any(v is not None and math.isfinite(v) for v in val):
-        ax.plot(epochs, [v if v is not None else float("nan") for v in val], "s-", label="validation loss")
+    for get, style, label in ((lambda h: h["train"]["loss"], "o-", "train loss"),
+                              (lambda h: h.get("weak", {}).get("loss"), "^-", "EM weak-crop loss"),
+                              (lambda h: h.get("val_loss"), "s-", "validation loss")):
+        values = series(get)
+        if values is not None:
+            ax.plot(epochs, values, style, label=label)
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss")
-    ax.legend()
+    handles, labels = ax.get_legend_handles_labels()
+    cpm = series(lambda h: h.get("val_cpm"))
+    if cpm is not None:  # the model-selection metric, on its own axis
+        right = ax.twinx()
+        right.plot(epochs, cpm, "d--", color="tab:red", label="validation CPM")
+        right.set_ylabel("CPM")
+        right.set_ylim(0, 1)
+        more = right.get_legend_handles_labels()
+        handles, labels = handles + more[0], labels + more[1]
+    ax.legend(handles, labels, fontsize=8)
     fig.tight_layout()
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
     plt.close(fig)
