@@ -299,6 +299,19 @@ def test_em_without_a_start_is_refused(data, tmp_path):
         run_em(data[0], tmp_path, init=None, resume="auto")
 
 
+def test_resuming_em_from_a_supervised_checkpoint_is_refused_clearly(data, init, tmp_path):
+    """A supervised checkpoint has no EM state (lobe model, pseudo boxes): resuming it as EM
+    must say so, not fail with a KeyError, and leave the supervised run's folder untouched."""
+    sup = tmp_path / "sup"
+    shutil.copytree(os.path.dirname(init), sup)
+    before = {p: p.read_bytes() for p in sup.rglob("*") if p.is_file()}
+    with pytest.raises(ValueError, match="supervised checkpoint.*--init"):
+        run_em(data[0], sup, init=None, resume=str(sup / "last.pt"))
+    with pytest.raises(ValueError, match="newest checkpoint in .*supervised checkpoint"):
+        run_em(data[0], sup, init=None, resume="auto")
+    assert {p: p.read_bytes() for p in sup.rglob("*") if p.is_file()} == before
+
+
 def test_weak_scans_true_boxes_are_never_read(data, init, whole, tmp_path, monkeypatch):
     """The weak scans' <uid>_label.npy moved (shifted and enlarged) on disk: the EM run is the
     same, and no E-step or M-step opens them."""

@@ -53,10 +53,14 @@ def em_fit(config: cfg.TrainConfig, init: Optional[str] = None, resume: Optional
                                    seed=c.run.seed) if c.data.val_split else None
     lobe = LobeModel().to(t.device)
     boxes, weights = {}, {}
-    if t.ctx.main and c.run.out:
+    state = t.resume(resume) if resume else None
+    if state is not None and "em" not in state:  # e.g. --resume auto in the folder of a supervised run
+        raise ValueError("cannot resume EM from %s: it is a supervised checkpoint (no EM state); start EM from it "
+                         "with init (--init) and a fresh run folder" % (resume if resume != "auto" else
+                                                                       "the newest checkpoint in '%s'" % c.run.out))
+    if t.ctx.main and c.run.out:  # after the resume check: a refused run leaves the folder as it was
         os.makedirs(c.run.out, exist_ok=True)
         cfg.save_config(c, os.path.join(c.run.out, "config.yaml"))
-    state = t.resume(resume) if resume else None
     if state is not None:
         lobe.load_state_dict(state["em"]["lobe"])
         boxes, weights = state["em"]["boxes"], state["em"]["weights"]
