@@ -4,6 +4,8 @@ Stages, each reused when a second run finds it finished (a stage.json marker in 
   data      phantom CTs (demo field of view) -> preprocess; splits full / weak / val / test
   init      supervised training on the full split at a constant lr: the shared start
   baseline  from init, on the full split, for as many steps (and the same decaying lr) as EM
+  baseline_rerun   the baseline again with another training seed (crops, negatives): the
+            noise control, whose "gain" shows how far training randomness alone moves the CPM
   em_map, em_sampling   DeepEM from init with the weak split's weak labels only
   oracle    from init on full + weak with the weak scans' TRUE boxes: the ceiling
   test      each method's validation-selected model detects the test split; LUNA16 FROC,
@@ -25,9 +27,12 @@ from .data.atomic import atomic_write
 from .machine import describe
 from .train import config as cfg
 
-METHODS = ("baseline", "deepem_map", "deepem_sampling", "oracle")
-LABELS = {"baseline": "Baseline (full only)", "deepem_map": "DeepEM MAP", "deepem_sampling": "DeepEM sampling (k=2)",
+METHODS = ("baseline", "baseline_rerun", "deepem_map", "deepem_sampling", "oracle")
+COMPARED = ("baseline_rerun", "deepem_map", "deepem_sampling")  # rows with a paired gain over the baseline
+LABELS = {"baseline": "Baseline (full only)", "baseline_rerun": "Baseline, 2nd training seed (noise control)",
+          "deepem_map": "DeepEM MAP", "deepem_sampling": "DeepEM sampling (k=2)",
           "oracle": "Oracle (weak scans' true boxes)"}
+RERUN_SEED_OFFSET = 100  # the noise control's training seed: seed + this
 
 
 @dataclass
@@ -194,7 +199,7 @@ def evaluate_methods(out, s: Settings, raw, pre, test_uids):
     for method in METHODS:
         r = results[method]
         row = {"cpm": float(r.cpm), "sensitivity": [float(v) for v in r.sensitivity], "cpm_ci95": r.ci95["cpm"]}
-        if method.startswith("deepem"):
+        if method in COMPARED:
             cmp = froc.compare(marks[method], marks["baseline"], annotations, test_uids, excluded=excluded)
             gap = results["oracle"].cpm - results["baseline"].cpm
             row.update({"gain_cpm": float(cmp["diff"]), "gain_ci95": [float(v) for v in cmp["ci95"]],
@@ -218,6 +223,8 @@ def run_once(out, s: Settings, seed, workers):
     init_ckpt = os.path.join(out, "init", "last.pt")
     run_stage(out, "init", lambda d: fit(train_config(d, pre, s, seed, init=True), resume="auto"), times)
     run_stage(out, "baseline", lambda d: fit(train_config(d, pre, s, seed), init=init_ckpt, resume="auto"), times)
+    run_stage(out, "baseline_rerun", lambda d: fit(train_config(d, pre, s, seed + RERUN_SEED_OFFSET), init=init_ckpt,
+                                                   resume="auto"), times)
     for method, em in (("deepem_map", "map"), ("deepem_sampling", "sample")):
         run_stage(out, method, lambda d, em=em: em_fit(train_config(d, pre, s, seed, em=em), init=init_ckpt,
                                                        resume="auto"), times)
@@ -248,7 +255,9 @@ def markdown(results, title):
             gap = "" if r["gap_closed"] is None else "%.0f%%" % (100 * r["gap_closed"])
         lines.append("| %s | %s | %.3f | %s | %s | %s |" % (LABELS[m], " | ".join("%.3f" % v for v in r["sensitivity"]),
                                                           r["cpm"], gain, p, gap))
-    lines += ["", "Stage seconds: " + ", ".join("%s %.0f" % kv for kv in results["stage_seconds"].items())
+    lines += ["", "The noise control is the baseline trained again with only its training seed changed: a DeepEM "
+              "gain means something only where it clearly exceeds that row's.",
+              "", "Stage seconds: " + ", ".join("%s %.0f" % kv for kv in results["stage_seconds"].items())
               + "; total %.0f s (%.1f min)." % (results["seconds_total"], results["seconds_total"] / 60),
               "Machine: %s, %d cores, torch %s (%d threads)." % (mc["cpu"], mc["cores"], mc["torch"],
                                                                  mc["torch_threads"])]
@@ -268,10 +277,12 @@ def aggregate(runs):
     for m in METHODS:
         rows = [r["methods"][m] for r in runs]
         agg = {"cpm_mean": float(np.mean([r["cpm"] for r in rows])), "cpm_sd": float(np.std([r["cpm"] for r in rows], ddof=1)),
+               "cpm_per_seed": [float(r["cpm"]) for r in rows],
                "sensitivity_mean": np.mean([r["sensitivity"] for r in rows], 0).tolist()}
         if "gain_cpm" in rows[0]:
             agg["gain_mean"] = float(np.mean([r["gain_cpm"] for r in rows]))
             agg["gain_sd"] = float(np.std([r["gain_cpm"] for r in rows], ddof=1))
+            agg["gain_per_seed"] = [float(r["gain_cpm"]) for r in rows]
         out[m] = agg
     return out
 
@@ -293,11 +304,14 @@ def main(out, seed=0, seeds=1, quick=False, full=False, workers=2):
         summary = {"seeds": [seed + k for k in range(seeds)], "methods": aggregate(runs),
                    "seconds_total": float(sum(r["seconds_total"] for r in runs)), "machine": describe()}
         atomic_write(os.path.join(out, "results.json"), lambda f: f.write(json.dumps(summary, indent=1).encode()))
-        lines = ["| method | CPM mean +- sd | gain mean +- sd |", "|---|---|---|"]
+        lines = ["| method | CPM mean +- sd | gain mean +- sd | CPM per seed | gain per seed |", "|---|---|---|---|---|"]
         for m in METHODS:
             a = summary["methods"][m]
             gain = "%+.3f +- %.3f" % (a["gain_mean"], a["gain_sd"]) if "gain_mean" in a else ""
-            lines.append("| %s | %.3f +- %.3f | %s |" % (LABELS[m], a["cpm_mean"], a["cpm_sd"], gain))
+            per_gain = " / ".join("%+.3f" % g for g in a.get("gain_per_seed", []))
+            lines.append("| %s | %.3f +- %.3f | %s | %s | %s |" % (LABELS[m], a["cpm_mean"], a["cpm_sd"], gain,
+                                                                 " / ".join("%.3f" % c for c in a["cpm_per_seed"]),
+                                                                 per_gain))
         m = describe()
         lines += ["", "Seeds %s; total %.0f s (%.1f min). Machine: %s, %d cores, torch %s (%d threads)."
                   % (summary["seeds"], summary["seconds_total"], summary["seconds_total"] / 60, m["cpu"], m["cores"],

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 pytest.importorskip("SimpleITK")
-METHODS = ("baseline", "deepem_map", "deepem_sampling", "oracle")
+METHODS = ("baseline", "baseline_rerun", "deepem_map", "deepem_sampling", "oracle")
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +29,8 @@ def test_results_contract(demo):
     for m in METHODS:
         row = results["methods"][m]
         assert 0 <= row["cpm"] <= 1 and len(row["sensitivity"]) == 7
-    for m in ("deepem_map", "deepem_sampling"):
+    assert "gain_cpm" not in results["methods"]["baseline"]
+    for m in ("baseline_rerun", "deepem_map", "deepem_sampling"):  # the noise control gets a gain too
         row = results["methods"][m]
         assert len(row["gain_ci95"]) == 2 and 0 <= row["p_gain_positive"] <= 1
         assert row["gain_ci95"][0] <= row["gain_cpm"] + 1e-12 <= row["gain_ci95"][1] + 2e-12
@@ -61,7 +62,7 @@ def test_second_run_reuses_finished_stages(demo):
     r = subprocess.run([sys.executable, "-m", "deepem", "demo", "--quick", "--out", str(out)],
                        capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=600)
     assert r.returncode == 0
-    assert r.stdout.count("reused") == 7  # data, init, baseline, map, sampling, oracle, test
+    assert r.stdout.count("reused") == 8  # data, init, baseline, baseline_rerun, map, sampling, oracle, test
 
 
 @pytest.mark.parametrize("name", ["QUICK", "DEFAULT", "FULL"])
@@ -72,6 +73,7 @@ def test_every_method_gets_the_same_steps_and_schedule(name, tmp_path):
 
     s = getattr(demo, name)
     runs = {"baseline": demo.train_config(str(tmp_path), str(tmp_path), s, 0),
+            "baseline_rerun": demo.train_config(str(tmp_path), str(tmp_path), s, demo.RERUN_SEED_OFFSET),
             "oracle": demo.train_config(str(tmp_path), str(tmp_path), s, 0, train_split="full_and_weak.txt"),
             "map": demo.train_config(str(tmp_path), str(tmp_path), s, 0, em="map"),
             "sample": demo.train_config(str(tmp_path), str(tmp_path), s, 0, em="sample")}
@@ -86,3 +88,14 @@ def test_every_method_gets_the_same_steps_and_schedule(name, tmp_path):
         em = runs[method].em
         assert em.method == method and em.weak_split == "weak"
         assert em.weak_steps + em.full_steps == s.steps > em.weak_steps > 0  # EM's weak + supervised steps
+
+
+def test_noise_control_differs_from_the_baseline_only_in_its_training_seed(tmp_path):
+    from dataclasses import asdict
+
+    from deepem import demo
+
+    base, rerun = (asdict(demo.train_config(str(tmp_path), str(tmp_path), demo.DEFAULT, seed))
+                   for seed in (0, demo.RERUN_SEED_OFFSET))
+    assert (base["run"].pop("seed"), rerun["run"].pop("seed")) == (0, demo.RERUN_SEED_OFFSET)
+    assert base == rerun
