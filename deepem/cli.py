@@ -327,7 +327,8 @@ def _demo(args):
 
 
 def add_demo(sub):
-    p = sub.add_parser("demo", help="the DeepEM phantom benchmark end to end (data, 4 methods, FROC table)",
+    p = sub.add_parser("demo", help="the DeepEM phantom benchmark end to end (data, 4 methods and a noise "
+                                    "control, FROC table)",
                        description="Generates phantom CTs, trains a supervised baseline, DeepEM MAP, DeepEM sampling "
                        "and an oracle under one step budget, detects on the test split and writes results.json, "
                        "results.md, froc.png and overlays/ to --out. Finished stages are reused on a second run.")
