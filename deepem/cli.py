@@ -329,8 +329,8 @@ def _demo(args):
 def add_demo(sub):
     p = sub.add_parser("demo", help="the DeepEM phantom benchmark end to end (data, 4 methods and a noise "
                                     "control, FROC table)",
-                       description="Generates phantom CTs, trains a supervised baseline, DeepEM MAP, DeepEM sampling "
-                       "and an oracle under one step budget, detects on the test split and writes results.json, "
+                       description="Generates phantom CTs, trains a supervised baseline, its noise control (the same with "
+                       "another training seed), DeepEM MAP, DeepEM sampling and an oracle under one step budget, detects on the test split and writes results.json, "
                        "results.md, froc.png and overlays/ to --out. Finished stages are reused on a second run.")
     p.add_argument("--out", default="demo_out", help="output folder (default demo_out)")
     p.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
