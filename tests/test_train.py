@@ -120,3 +120,23 @@ def test_two_process_gloo_run(data, tmp_path):
     assert [l["step"] for l in lines if l["kind"] == "step"] == [1, 2, 1, 2]
     state = checkpoint.load(out / "last.pt")
     assert state["epoch"] == 2 and not any(k.startswith("module.") for k in state["model"])
+
+
+def test_weak_z_band_scales_with_the_crop(data, tmp_path):
+    """em.exclude_band is in scan voxels: in a crop scaled by s (scale augmentation) the band
+    around each weak slice is s times as wide, centred where the slice lands in the crop."""
+    t = Trainer(config(data, tmp_path / "band", more=["em.exclude_band=5"]))
+    seen = []
+
+    def capture(output, boxes, neg_exclude_z=None, **kw):
+        seen.append([b.clone() for b in neg_exclude_z])
+        raise StopIteration
+
+    t.loss = capture
+    batch = {"image": torch.zeros(2, 1, 32, 32, 32), "coord": torch.zeros(2, 3, 8, 8, 8),
+             "boxes": [torch.zeros(0, 4), torch.zeros(0, 4)],
+             "weak_z": [torch.tensor([10.0]), torch.tensor([4.0, 20.0])], "scale": [1.0, 1.25]}
+    with pytest.raises(StopIteration):
+        t.train_step(batch, 0, 0)
+    torch.testing.assert_close(seen[0][0], torch.tensor([[5.0, 15.0]]))
+    torch.testing.assert_close(seen[0][1], torch.tensor([[-2.25, 10.25], [13.75, 26.25]]))

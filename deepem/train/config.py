@@ -93,7 +93,7 @@ class EMConfig:
     lobe_lr_factor: float = 10.0  # lobe model lr = this x the detector's lr (paper: 10)
     lobe_steps: int = 50  # full-batch SGD steps of the lobe model per epoch
     weighted: bool = False  # scale pseudo boxes' loss terms by their posterior
-    exclude_band: float = 5.0  # no negatives within weak z +- this (voxels) in weak crops
+    exclude_band: float = 5.0  # no negatives within weak z +- this (scan voxels; scaled with the crop) in weak crops
     weak_steps: int = 0  # M-step steps over weak crops per epoch (0: one pass)
     full_steps: int = 0  # supervised steps per epoch (0: optim.steps_per_epoch)
 

@@ -152,7 +152,9 @@ class Trainer:
             image = image.contiguous(memory_format=torch.channels_last_3d)
         bands = None
         if "weak_z" in batch:
-            bands = [exclusion_band(z, self.config.em.exclude_band) for z in batch["weak_z"]]
+            # the band is em.exclude_band voxels of the scan: a crop scaled by s sees it s times as wide
+            bands = [exclusion_band(z, self.config.em.exclude_band * float(s))
+                     for z, s in zip(batch["weak_z"], batch["scale"])]
         weights = batch.get("weights") if weighted else None
         with self.autocast():
             output = self.net(image, coord)
@@ -278,7 +280,8 @@ class Trainer:
 
 def exclusion_band(weak_z, half_width: float):
     """z bands [E, 2] around weak slices (crop voxels) where the M-step takes no negatives
-    (config em.exclude_band; the public code used weak z +- 5 voxels)."""
+    (half_width: config em.exclude_band scan voxels times the crop's scale; the public code
+    used weak z +- 5 voxels)."""
     return torch.stack([weak_z - half_width, weak_z + half_width], -1)
 
 
