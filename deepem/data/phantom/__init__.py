@@ -14,7 +14,7 @@ worker count. What is drawn, each part an option with a realistic default:
 - noise.py: correlated low-dose CT noise; render.py: partial volume, in-plane PSF and the
   slice profile, drawn analytically per object;
 - scan.py: presets ('luna16': whole chest, 512 x 512 x ~130-280 slices; 'demo': a
-  128 x 128 pixel, 64-80 mm window onto one lung), make_scan; dataset.py: make_dataset.
+  128 x 128 pixel, 64-80 mm window onto one lung's middle, where the lobes meet), make_scan; dataset.py: make_dataset.
 
 Anatomy is built along the array axes: with the identity direction axis 0 runs foot to head
 (world z), axis 1 front to back (y) and axis 2 right to left (x), as in LUNA16 (LPS).

@@ -250,7 +250,7 @@ def _outputs(plan, hu, seg):
 def make_scan(seed, index=0, shape=None, spacing=None, origin=None, direction=io.IDENTITY, n_nodules=None,
               preset="luna16", n_vessels=None, n_distractors=None, **options):
     """One phantom scan. `preset` picks the field of view ('luna16': the whole chest at
-    512 x 512 pixels; 'demo': a 128 x 128 x 64-80 mm window onto one lung); `shape` (z, y, x)
+    512 x 512 pixels; 'demo': a 128 x 128 x 64-80 mm window onto one lung's middle); `shape` (z, y, x)
     overrides its voxel count (a window of that size around the preset's centre) and `spacing`
     (x, y, z mm, as SimpleITK) its random spacing. `options` are Options fields (n_vessels=0 and
     n_distractors=0, the first generator's arguments, mean vessels=False, lookalike_rates=None). Returns
