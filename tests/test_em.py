@@ -54,14 +54,6 @@ def em_config(root, more=()):
     return load_config(overrides=TINY + EM + ["data.root=" + str(root)] + list(more))
 
 
-def uniform_lobe():
-    lobe = LobeModel()
-    with torch.no_grad():
-        lobe.linear.weight.zero_()
-        lobe.linear.bias.zero_()
-    return lobe
-
-
 def read_rows(path):
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
@@ -95,7 +87,7 @@ def test_every_weak_label_gets_its_own_pick(planted, method):
     root, proposals = planted
     k = 2
     config = em_config(root, ["em.method=" + method, "em.k=%d" % k, "em.use_lobe=false"])
-    result = posterior_and_picks(root, ["two", "one"], proposals, uniform_lobe(), config, epoch=0)
+    result = posterior_and_picks(root, ["two", "one"], proposals, LobeModel(), config, epoch=0)
     weak = {"two": [10.0, 40.0], "one": [30.0]}
     dominant = {("two", 0): 3, ("two", 1): 1, ("one", 0): 1}
     second = {("two", 0): 0, ("two", 1): 4, ("one", 0): 0}
@@ -127,7 +119,7 @@ def test_sampling_draws_follow_the_posterior_per_label(tmp_path):
     config = em_config(tmp_path, ["em.method=sample", "em.k=3", "em.use_lobe=false"])
     seen = set()
     for epoch in range(6):
-        result = posterior_and_picks(str(tmp_path), ["flat"], {"flat": props}, uniform_lobe(), config, epoch)
+        result = posterior_and_picks(str(tmp_path), ["flat"], {"flat": props}, LobeModel(), config, epoch)
         assert len(result.rows) == 6
         for m in (0, 1):
             picked = [r[5] for r in result.rows if r[1] == m]
@@ -163,6 +155,21 @@ def test_lobe_term_changes_the_pick_when_z_is_ambiguous(tmp_path):
     with_lobe = picks(True)
     assert with_lobe[0] == (36.0, pytest.approx(expected_posterior(props, 30, p_lobe[:, 1])[1], rel=1e-4))
     assert with_lobe[1] == (12.0, pytest.approx(expected_posterior(props, 30, p_lobe[:, 0])[0], rel=1e-4))
+
+
+def test_an_untrained_lobe_model_leaves_the_posterior_alone(planted):
+    """Before any pick has trained it, the lobe model is uniform: the first E-step's posterior
+    and picks are those without a lobe term (a random start would reweight them by noise)."""
+    root, proposals = planted
+    lobe = LobeModel()
+    feats = torch.rand(7, 3)
+    assert torch.allclose(lobe.log_probs(feats).exp(), torch.full((7, 6), 1 / 6))
+    rows = {}
+    for use_lobe in (True, False):
+        config = em_config(root, ["em.method=map", "em.use_lobe=%s" % str(use_lobe).lower()])
+        rows[use_lobe] = posterior_and_picks(root, ["two", "one"], proposals, lobe, config, epoch=0).rows
+    assert [r[:7] for r in rows[True]] == [r[:7] for r in rows[False]]
+    assert [r[7] for r in rows[True]] == pytest.approx([r[7] for r in rows[False]], rel=1e-6)
 
 
 # ---- no candidates -------------------------------------------------------------------------
@@ -386,6 +393,8 @@ def test_posterior_with_the_lobe_model_on_the_gpu(planted):
     root, proposals = planted
     config = em_config(root, ["em.method=map"])
     lobe = LobeModel()
+    feats = torch.rand(50, 3)
+    lobe.fit(feats, (feats[:, 2] * 6).long().clamp(max=5), lr=1.0, steps=20)  # not uniform
     on_cpu = posterior_and_picks(root, ["two", "one"], proposals, lobe, config, epoch=0)
     on_gpu = posterior_and_picks(root, ["two", "one"], proposals, lobe.to("cuda"), config, epoch=0)
     assert [r[:3] for r in on_gpu.rows] == [r[:3] for r in on_cpu.rows]

@@ -17,6 +17,11 @@ class LobeModel(nn.Module):
     def __init__(self, num_lobes: int = NUM_LOBES):
         super().__init__()
         self.linear = nn.Linear(3, num_lobes)
+        # Start uniform: until picks have trained it, the lobe term must say nothing. (A random
+        # start multiplied the first E-step's posterior by noise: on the demo, seed 0, 45% of
+        # the MAP picks were right against 59% with no lobe term.)
+        nn.init.zeros_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
 
     def log_probs(self, feats: Tensor) -> Tensor:
         """log p(lobe | proposal), [K, num_lobes]."""
