@@ -84,9 +84,12 @@ def test_nodules_are_placed_as_drawn():
 
 def test_nodule_is_where_its_annotation_says(tmp_path):
     """On the written image: through each nodule's annotated centre the intensity profile
-    peaks and falls to half its contrast about one radius away on both sides, in x and y."""
+    peaks and falls to half its contrast where the drawn ellipsoid's surface crosses the
+    profile (its half extent along that axis: up to 30% short of the radius), in x and y.
+    An isolated nodule may still lie within a few mm of a hilar vessel, where its profile does
+    not fall to half: such sides are skipped, but at most one in eight."""
     stats = phantom.NoduleOptions(attachments=(1, 0, 0, 0), shapes=(1, 0, 0), median_mm=9.0)
-    found = 0
+    found, sides, blocked = 0, 0, 0
     for index in range(3):
         plan = phantom.plan_scan(2, index, preset="demo", n_nodules=3, options=phantom.Options(nodule_stats=stats))
         vol, _, info = phantom.render_scan(plan)
@@ -101,7 +104,8 @@ def test_nodule_is_where_its_annotation_says(tmp_path):
             lung = np.median(img[max(k - 1, 0):k + 2][img[max(k - 1, 0):k + 2] < -700])
             half = lung + 0.5 * (n["hu"] - lung)  # (part-solid: the ground glass around the core)
             reach = int(np.ceil((d / 2 + 4) / sxy))
-            for full, at in ((img[k, :, i], j), (img[k, j, :], i)):  # along y, along x
+            for full, at, axis in ((img[k, :, i], j, (0, 1, 0)), (img[k, j, :], i, (0, 0, 1))):  # along y, x
+                extent = d / 2 / np.linalg.norm(n["rot"].T @ np.array(axis, float) / n["scales"])
                 line = np.take(full, np.arange(-reach, reach + 1) + at, mode="clip")
                 line = np.convolve(line, np.ones(3) / 3, mode="same")  # tame the noise
                 centre = reach
@@ -109,11 +113,14 @@ def test_nodule_is_where_its_annotation_says(tmp_path):
                 for side in (-1, 1):
                     steps = np.arange(1, reach) * side + centre
                     below = np.nonzero(line[steps] < half)[0]
-                    assert len(below), "profile never falls"
+                    sides += 1
+                    if not len(below):  # something dense within reach: nothing to measure
+                        blocked += 1
+                        continue
                     edge_mm = (below[0] + 0.5) * sxy
-                    assert abs(edge_mm - d / 2) <= 0.6 + sxy, (edge_mm, d / 2, n["texture"])
+                    assert abs(edge_mm - extent) <= 0.6 + sxy, (edge_mm, extent, n["texture"])
             found += 1
-    assert found >= 3
+    assert found >= 3 and blocked * 8 <= sides, (found, blocked, sides)
 
 
 def test_lobes_follow_the_fissures():
