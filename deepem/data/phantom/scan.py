@@ -46,7 +46,7 @@ def _window(rng, chest, extent, anchored=False):
     """Centre of a window on one lung: mostly lung, often with the chest wall at its side;
     anywhere on it, or (anchored) around the middle height and depth where the fissures part
     upper, middle/lingula and lower lobe (a random window unties position and lobe: a lobe
-    model on position then learns nothing; measured, docs/demo/results.md)."""
+    model on position then learns little; measured in the README, phantom presets)."""
     best = None
     for _ in range(30):
         lung = chest.lungs[rng.integers(2)]
