@@ -78,7 +78,8 @@ TORCH_LIBRARY(deepem, m) {
 namespace {
 
 void cuda_kernels_not_built(const c10::OperatorHandle& op, torch::jit::Stack*) {
-  TORCH_CHECK(false, op.schema().name(),
+  // One std::string message: no std::ostream on the error path (see ops/message.h).
+  TORCH_CHECK(false, op.schema().name() +
               ": this deepem build has no CUDA kernels (it was built without nvcc or without a "
               "CUDA build of PyTorch, or with DEEPEM_CPU_ONLY=1). Rebuild with CUDA: "
               "`FORCE_CUDA=1 pip install --no-build-isolation .` with nvcc on the PATH and a "

@@ -124,13 +124,15 @@ def _load_run_config(args):
 
 def _run_training(args, command, run):
     """Runs run(config) with one clear line and exit status 2 for a bad setting or input."""
+    from .data.uids import UnsafeUid
+    from .model.safe_load import CheckpointError
     from .train import config as cfg
     from .train import trainer
 
     try:
         config = _load_run_config(args)
         t = run(config)
-    except (cfg.ConfigError, FileNotFoundError, KeyError, trainer.NonFiniteLoss) as e:
+    except (cfg.ConfigError, FileNotFoundError, KeyError, trainer.NonFiniteLoss, CheckpointError, UnsafeUid) as e:
         print("deepem %s: %s" % (command, e.args[0] if e.args else e), file=sys.stderr)
         return None, None
     return config, t
@@ -139,12 +141,17 @@ def _run_training(args, command, run):
 def _train(args):
     from .train import trainer
 
-    config, t = _run_training(args, "train", lambda c: trainer.fit(c, resume=args.resume))
+    config, t = _run_training(args, "train", lambda c: trainer.fit(c, resume=args.resume,
+                                                                     trusted=args.trust_checkpoint))
     if t is None:
         return 2
     if t.ctx.main:
         best = "none" if t.best is None else "%.4f (epoch %d)" % t.best
-        print("trained %d epochs -> %s (best validation metric %s)" % (config.optim.epochs, config.run.out, best))
+        if config.data.val_split:
+            what = "best validation %s %s" % ("loss" if config.run.select == "loss" else "-CPM", best)
+        else:
+            what = "no validation split: best.pt has the lowest training loss, %s" % best
+        print("trained %d epochs -> %s (%s)" % (config.optim.epochs, config.run.out, what))
     return 0
 
 
@@ -155,7 +162,7 @@ def _em(args):
     def run(config):
         if not (args.init or args.resume):
             raise cfg.ConfigError("give --init (a supervised checkpoint, e.g. from deepem train) or --resume")
-        return em_fit(config, init=args.init, resume=args.resume)
+        return em_fit(config, init=args.init, resume=args.resume, trusted=args.trust_checkpoint)
 
     config, t = _run_training(args, "em", run)
     if t is None:
@@ -186,6 +193,14 @@ def _common_train_args(p):
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one setting (repeatable)")
     p.add_argument("--resume", metavar="CHECKPOINT|auto",
                    help="continue from a checkpoint; auto: the newest in the run folder, if any")
+    _trust_arg(p)
+
+
+def _trust_arg(p):
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="load checkpoints with a full unpickle, which can run code stored in the file: only for "
+                   "files you trust (e.g. from an older deepem). Without it, loading is weights-only and a file "
+                   "that needs more is refused")
 
 
 def add_train(sub):
@@ -265,7 +280,8 @@ def _detect(args):
         else:
             inputs = run.raw_inputs(args.scans)
         detector = Detector(args.checkpoint, device=args.device, tile=args.tile, margin=args.margin,
-                            tile_batch=args.tile_batch, amp=args.amp, threshold=args.threshold)
+                            tile_batch=args.tile_batch, amp=args.amp, threshold=args.threshold,
+                            trusted=args.trust_checkpoint)
     except (FileNotFoundError, KeyError, ValueError, RuntimeError) as e:
         print("deepem detect: %s" % (e.args[0] if e.args else e), file=sys.stderr)
         return 2
@@ -316,6 +332,7 @@ def add_detect(sub):
     p.add_argument("--overlays", action="store_true", help="a PNG per mark above --overlay-min-prob")
     p.add_argument("--overlay-min-prob", type=float, default=0.5, help="default 0.5")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _trust_arg(p)
     p.set_defaults(func=_detect)
 
 

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from .data import io, phantom, preprocess, tables
-from .data.atomic import atomic_write
+from .data.atomic import atomic_write, remove_stale_temps
 from .machine import describe
 from .train import config as cfg
 
@@ -217,6 +217,7 @@ def run_once(out, s: Settings, seed, workers):
     from .train.trainer import fit
 
     os.makedirs(out, exist_ok=True)
+    remove_stale_temps(out, recursive=True)
     times = {}
     pre, raw = os.path.join(out, "preprocessed"), os.path.join(out, "raw")
     data = run_stage(out, "data", lambda d: make_data(out, s, seed, workers), times)

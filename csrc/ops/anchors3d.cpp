@@ -25,22 +25,22 @@ bool all_positive(at::ArrayRef<double> v) {
 }  // namespace
 
 void check_grid_args(const GridArgs& g, const char* op) {
-  TORCH_CHECK(g.feature_size.size() == 3, op,
+  DEEPEM_CHECK(g.feature_size.size() == 3, op,
               ": argument 'feature_size' must hold 3 ints (D, H, W), got ", g.feature_size.size());
   for (int64_t s : g.feature_size)
-    TORCH_CHECK(s > 0, op, ": argument 'feature_size' must be positive, got ",
+    DEEPEM_CHECK(s > 0, op, ": argument 'feature_size' must be positive, got ",
                 at::IntArrayRef(g.feature_size));
-  TORCH_CHECK(g.stride.size() == 3 && all_finite(g.stride) && all_positive(g.stride), op,
+  DEEPEM_CHECK(g.stride.size() == 3 && all_finite(g.stride) && all_positive(g.stride), op,
               ": argument 'stride' must hold 3 finite numbers > 0 (z, y, x), got ",
               at::ArrayRef<double>(g.stride));
-  TORCH_CHECK(g.offset.size() == 3 && all_finite(g.offset), op,
+  DEEPEM_CHECK(g.offset.size() == 3 && all_finite(g.offset), op,
               ": argument 'offset' must hold 3 finite numbers (z, y, x), got ",
               at::ArrayRef<double>(g.offset));
   const int64_t a = static_cast<int64_t>(g.shapes.size() / 3);
-  TORCH_CHECK(g.shapes.size() % 3 == 0 && a >= 1 && a <= kMaxAnchorShapes, op,
+  DEEPEM_CHECK(g.shapes.size() % 3 == 0 && a >= 1 && a <= kMaxAnchorShapes, op,
               ": argument 'anchor_shapes' must hold 1 to ", kMaxAnchorShapes,
               " shapes of 3 extents (d, h, w), got ", g.shapes.size(), " numbers");
-  TORCH_CHECK(all_finite(g.shapes) && all_positive(g.shapes), op,
+  DEEPEM_CHECK(all_finite(g.shapes) && all_positive(g.shapes), op,
               ": argument 'anchor_shapes' must be finite numbers > 0, got ",
               at::ArrayRef<double>(g.shapes));
   // The anchor count, bounded factor by factor so that the product cannot overflow.
@@ -50,7 +50,7 @@ void check_grid_args(const GridArgs& g, const char* op) {
     fits = fits && s <= room;
     room = fits ? room / s : 0;
   }
-  TORCH_CHECK(fits, op,
+  DEEPEM_CHECK(fits, op,
               ": the grid has too many anchors (feature_size ", at::IntArrayRef(g.feature_size), " x ", a,
               " shapes); at most 2^31 are supported");
 }
@@ -58,10 +58,10 @@ void check_grid_args(const GridArgs& g, const char* op) {
 std::vector<double> checked_weights(const c10::optional<at::ArrayRef<double>>& weights,
                                     int64_t width, const char* op) {
   if (!weights.has_value()) return std::vector<double>(width, 1.0);
-  TORCH_CHECK(static_cast<int64_t>(weights->size()) == width, op, ": argument 'weights' must hold ",
+  DEEPEM_CHECK(static_cast<int64_t>(weights->size()) == width, op, ": argument 'weights' must hold ",
               width, " numbers (one per delta of the ", width == 4 ? "cube" : "box",
               " form), got ", weights->size());
-  TORCH_CHECK(all_finite(*weights) && all_positive(*weights), op,
+  DEEPEM_CHECK(all_finite(*weights) && all_positive(*weights), op,
               ": argument 'weights' must be finite numbers > 0, got ", *weights);
   return weights->vec();
 }
@@ -70,10 +70,10 @@ std::vector<double> checked_weights(const c10::optional<at::ArrayRef<double>>& w
 
 GridArgs anchors3d_args(const at::Tensor& anchor_shapes, at::IntArrayRef feature_size,
                         at::ArrayRef<double> stride, at::ArrayRef<double> offset, bool cubes) {
-  TORCH_CHECK(anchor_shapes.dim() == 2 && anchor_shapes.size(1) == 3, "anchors3d: argument "
+  DEEPEM_CHECK(anchor_shapes.dim() == 2 && anchor_shapes.size(1) == 3, "anchors3d: argument "
               "'anchor_shapes' must have shape [A, 3] (d, h, w per shape), got ",
               anchor_shapes.sizes());
-  TORCH_CHECK(at::isFloatingType(anchor_shapes.scalar_type()), "anchors3d: argument "
+  DEEPEM_CHECK(at::isFloatingType(anchor_shapes.scalar_type()), "anchors3d: argument "
               "'anchor_shapes' must be float16, bfloat16, float32 or float64, got ",
               anchor_shapes.scalar_type());
   const at::Tensor host = anchor_shapes.to(at::kCPU, at::kDouble).contiguous();
@@ -82,7 +82,7 @@ GridArgs anchors3d_args(const at::Tensor& anchor_shapes, at::IntArrayRef feature
   check_grid_args(g, "anchors3d");
   if (cubes) {
     for (size_t a = 0; a < g.shapes.size(); a += 3)
-      TORCH_CHECK(g.shapes[a] == g.shapes[a + 1] && g.shapes[a] == g.shapes[a + 2],
+      DEEPEM_CHECK(g.shapes[a] == g.shapes[a + 1] && g.shapes[a] == g.shapes[a + 2],
                   "anchors3d: argument 'cubes' is true but 'anchor_shapes' row ", a / 3,
                   " is not a cube: (", g.shapes[a], ", ", g.shapes[a + 1], ", ", g.shapes[a + 2],
                   ")");
@@ -95,18 +95,18 @@ GridArgs anchors3d_args(const at::Tensor& anchor_shapes, at::IntArrayRef feature
 int64_t check_coding_args(const at::Tensor& boxes, const at::Tensor& anchors, const char* op,
                           const char* boxes_name) {
   const int64_t w = boxes.dim() >= 1 ? boxes.size(-1) : 0;
-  TORCH_CHECK(boxes.dim() >= 1 && (w == 4 || w == 6), op, ": argument '", boxes_name,
+  DEEPEM_CHECK(boxes.dim() >= 1 && (w == 4 || w == 6), op, ": argument '", boxes_name,
               "' must have shape [..., 4] (cubes z, y, x, d) or [..., 6] (boxes z1, y1, x1, z2, "
               "y2, x2), got ", boxes.sizes());
-  TORCH_CHECK(anchors.dim() >= 1 && anchors.size(-1) == w, op,
+  DEEPEM_CHECK(anchors.dim() >= 1 && anchors.size(-1) == w, op,
               ": argument 'anchors' must have shape [..., ", w, "] like '", boxes_name, "', got ",
               anchors.sizes());
-  TORCH_CHECK(at::isFloatingType(boxes.scalar_type()), op, ": argument '", boxes_name,
+  DEEPEM_CHECK(at::isFloatingType(boxes.scalar_type()), op, ": argument '", boxes_name,
               "' must be float16, bfloat16, float32 or float64, got ", boxes.scalar_type());
   check_same_device(anchors, boxes, op, "anchors", boxes_name);
   check_same_dtype(anchors, boxes, op, "anchors", boxes_name);
   const int64_t n = boxes.numel() / w, k = anchors.numel() / w;
-  TORCH_CHECK(k > 0 ? n % k == 0 : n == 0, op, ": the rows of '", boxes_name, "' (", n,
+  DEEPEM_CHECK(k > 0 ? n % k == 0 : n == 0, op, ": the rows of '", boxes_name, "' (", n,
               ") must be a multiple of the rows of 'anchors' (", k,
               "); anchor r % K codes row r, so leading batch dims repeat the anchors");
   return w;
@@ -157,9 +157,9 @@ LabelArgs make_label_args(at::IntArrayRef feature_size, at::ArrayRef<double> str
   check_grid_args(a.grid, op);
   check_unit_interval(pos_threshold, op, "pos_threshold");
   check_unit_interval(neg_threshold, op, "neg_threshold");
-  TORCH_CHECK(pos_threshold > 0.0, op, ": argument 'pos_threshold' must be > 0, got ",
+  DEEPEM_CHECK(pos_threshold > 0.0, op, ": argument 'pos_threshold' must be > 0, got ",
               pos_threshold);
-  TORCH_CHECK(num_neg >= -1, op, ": argument 'num_neg' must be >= 0, or -1 to keep every "
+  DEEPEM_CHECK(num_neg >= -1, op, ": argument 'num_neg' must be >= 0, or -1 to keep every "
               "negative, got ", num_neg);
   a.pos_threshold = pos_threshold;
   a.neg_threshold = neg_threshold;
@@ -173,26 +173,26 @@ LabelArgs make_label_args(at::IntArrayRef feature_size, at::ArrayRef<double> str
 LabelInputs check_label_args(const at::Tensor& gt_boxes, const c10::optional<at::Tensor>& num_gt,
                              const c10::optional<at::Tensor>& neg_exclude_z,
                              const LabelArgs& args, const char* op) {
-  TORCH_CHECK(gt_boxes.dim() == 3 && gt_boxes.size(2) == 6, op,
+  DEEPEM_CHECK(gt_boxes.dim() == 3 && gt_boxes.size(2) == 6, op,
               ": argument 'gt_boxes' must have shape [B, G, 6] (G boxes z1, y1, x1, z2, y2, x2 "
               "per crop, padded), got ", gt_boxes.sizes());
-  TORCH_CHECK(at::isFloatingType(gt_boxes.scalar_type()), op,
+  DEEPEM_CHECK(at::isFloatingType(gt_boxes.scalar_type()), op,
               ": argument 'gt_boxes' must be float16, bfloat16, float32 or float64, got ",
               gt_boxes.scalar_type());
   LabelInputs in;
   in.gt = to_compute(gt_boxes);
   if (num_gt.has_value()) {
-    TORCH_CHECK(num_gt->dim() == 1 && num_gt->size(0) == gt_boxes.size(0), op,
+    DEEPEM_CHECK(num_gt->dim() == 1 && num_gt->size(0) == gt_boxes.size(0), op,
                 ": argument 'num_gt' must have shape [", gt_boxes.size(0),
                 "] (boxes used per crop), got ", num_gt->sizes());
-    TORCH_CHECK(at::isIntegralType(num_gt->scalar_type(), /*includeBool=*/false), op,
+    DEEPEM_CHECK(at::isIntegralType(num_gt->scalar_type(), /*includeBool=*/false), op,
                 ": argument 'num_gt' must be an integer tensor, got ", num_gt->scalar_type());
     check_same_device(*num_gt, gt_boxes, op, "num_gt", "gt_boxes");
     in.num_gt = num_gt->to(at::kLong).contiguous();
   }
   if (neg_exclude_z.has_value()) {
     const at::Tensor& z = *neg_exclude_z;
-    TORCH_CHECK(z.dim() == 3 && z.size(0) == gt_boxes.size(0) && z.size(2) == 2, op,
+    DEEPEM_CHECK(z.dim() == 3 && z.size(0) == gt_boxes.size(0) && z.size(2) == 2, op,
                 ": argument 'neg_exclude_z' must have shape [", gt_boxes.size(0),
                 ", E, 2] (E bands z_lo, z_hi per crop, NaN rows unused), got ", z.sizes());
     check_same_device(z, gt_boxes, op, "neg_exclude_z", "gt_boxes");

@@ -3,6 +3,8 @@
 // expected, so a user can fix the call without reading the source.
 #include <ATen/ATen.h>
 
+#include "message.h"
+
 namespace deepem {
 
 // A floating tensor of shape [N, width] (float16, bfloat16, float32 or float64).

@@ -12,18 +12,18 @@ namespace {
 constexpr const char* kOp = "em_posterior";
 
 void check_integer(const at::Tensor& t, const char* op, const char* name) {
-  TORCH_CHECK(at::isIntegralType(t.scalar_type(), /*includeBool=*/false), op, ": argument '",
+  DEEPEM_CHECK(at::isIntegralType(t.scalar_type(), /*includeBool=*/false), op, ": argument '",
               name, "' must be an integer tensor, got ", t.scalar_type());
 }
 
 void check_floating(const at::Tensor& t, const char* op, const char* name) {
-  TORCH_CHECK(at::isFloatingType(t.scalar_type()), op, ": argument '", name,
+  DEEPEM_CHECK(at::isFloatingType(t.scalar_type()), op, ": argument '", name,
               "' must be float16, bfloat16, float32 or float64, got ", t.scalar_type());
 }
 
 void check_shape(const at::Tensor& t, at::IntArrayRef shape, const char* what, const char* op,
                  const char* name) {
-  TORCH_CHECK(t.sizes() == shape, op, ": argument '", name, "' must have shape ", shape, " (",
+  DEEPEM_CHECK(t.sizes() == shape, op, ": argument '", name, "' must have shape ", shape, " (",
               what, "), got ", t.sizes());
 }
 
@@ -32,7 +32,7 @@ void check_counts(const at::Tensor& counts, int64_t upper, const char* op, const
                   const char* upper_name) {
   if (counts.numel() == 0) return;
   const bool bad = at::logical_or(counts < 0, counts > upper).any().item<bool>();
-  TORCH_CHECK(!bad, op, ": argument '", name, "' must hold counts in [0, ", upper, "] (the ",
+  DEEPEM_CHECK(!bad, op, ": argument '", name, "' must hold counts in [0, ", upper, "] (the ",
               upper_name, "), got values from ", counts.min().item<int64_t>(), " to ",
               counts.max().item<int64_t>());
 }
@@ -45,12 +45,12 @@ EmPosteriorInputs check_em_posterior_args(const at::Tensor& proposals,
                                           const at::Tensor& num_weak,
                                           const c10::optional<at::Tensor>& lobe_log_probs,
                                           double mu, double sigma, double z_window) {
-  TORCH_CHECK(proposals.dim() == 3 && proposals.size(2) == 5, kOp,
+  DEEPEM_CHECK(proposals.dim() == 3 && proposals.size(2) == 5, kOp,
               ": argument 'proposals' must have shape [B, P, 5] (logit, z, y, x, d), got ",
               proposals.sizes());
   check_floating(proposals, kOp, "proposals");
   const int64_t B = proposals.size(0), P = proposals.size(1);
-  TORCH_CHECK(weak_z.dim() == 2 && weak_z.size(0) == B, kOp,
+  DEEPEM_CHECK(weak_z.dim() == 2 && weak_z.size(0) == B, kOp,
               ": argument 'weak_z' must have shape [B, M] with B = ", B,
               " (one row of label slices per scan of 'proposals'), got ", weak_z.sizes());
   const int64_t M = weak_z.size(1);
@@ -65,11 +65,11 @@ EmPosteriorInputs check_em_posterior_args(const at::Tensor& proposals,
   check_same_device(weak_z, proposals, kOp, "weak_z", "proposals");
   check_same_device(weak_lobe, proposals, kOp, "weak_lobe", "proposals");
   check_same_device(num_weak, proposals, kOp, "num_weak", "proposals");
-  TORCH_CHECK(std::isfinite(mu) && mu >= 0.0, kOp,
+  DEEPEM_CHECK(std::isfinite(mu) && mu >= 0.0, kOp,
               ": argument 'mu' must be a finite number >= 0, got ", mu);
-  TORCH_CHECK(std::isfinite(sigma) && sigma > 0.0, kOp,
+  DEEPEM_CHECK(std::isfinite(sigma) && sigma > 0.0, kOp,
               ": argument 'sigma' must be a finite number > 0, got ", sigma);
-  TORCH_CHECK(z_window >= 0.0, kOp, ": argument 'z_window' must be >= 0 (inf: no window), got ",
+  DEEPEM_CHECK(z_window >= 0.0, kOp, ": argument 'z_window' must be >= 0 (inf: no window), got ",
               z_window);
 
   EmPosteriorInputs in;
@@ -83,7 +83,7 @@ EmPosteriorInputs check_em_posterior_args(const at::Tensor& proposals,
   check_counts(in.num_weak, M, kOp, "num_weak", "label slots M of 'weak_z'");
   if (lobe_log_probs.has_value()) {
     const at::Tensor& lp = *lobe_log_probs;
-    TORCH_CHECK(lp.dim() == 3 && lp.size(0) == B && lp.size(1) == P && lp.size(2) >= 1, kOp,
+    DEEPEM_CHECK(lp.dim() == 3 && lp.size(0) == B && lp.size(1) == P && lp.size(2) >= 1, kOp,
                 ": argument 'lobe_log_probs' must have shape [", B, ", ", P,
                 ", L] (log p(lobe | proposal), L >= 1 lobes), got ", lp.sizes());
     check_floating(lp, kOp, "lobe_log_probs");
@@ -95,7 +95,7 @@ EmPosteriorInputs check_em_posterior_args(const at::Tensor& proposals,
                               in.num_weak.unsqueeze(1);
       const at::Tensor out_of_range =
           at::logical_or(in.weak_lobe < 0, in.weak_lobe >= lp.size(2)).logical_and_(real);
-      TORCH_CHECK(!out_of_range.any().item<bool>(), kOp,
+      DEEPEM_CHECK(!out_of_range.any().item<bool>(), kOp,
                   ": argument 'weak_lobe' must hold lobe ids in [0, ", lp.size(2),
                   ") (the last dimension of 'lobe_log_probs') for every real label");
     }
@@ -104,14 +104,14 @@ EmPosteriorInputs check_em_posterior_args(const at::Tensor& proposals,
 }
 
 at::Tensor check_log_posterior(const at::Tensor& log_posterior, const char* op) {
-  TORCH_CHECK(log_posterior.dim() == 3, op,
+  DEEPEM_CHECK(log_posterior.dim() == 3, op,
               ": argument 'log_posterior' must have shape [B, M, P], got ", log_posterior.sizes());
   check_floating(log_posterior, op, "log_posterior");
   return to_compute(log_posterior);
 }
 
 void check_sample_count(int64_t k, const char* op) {
-  TORCH_CHECK(k >= 0, op, ": argument 'k' must be >= 0 (draws per weak label), got ", k);
+  DEEPEM_CHECK(k >= 0, op, ": argument 'k' must be >= 0 (draws per weak label), got ", k);
 }
 
 namespace {

@@ -11,10 +11,10 @@ void check_nms3d_args(const at::Tensor& boxes, const at::Tensor& scores, const a
   check_float_matrix(boxes, 6, op, "boxes");
   check_scores(scores, boxes, op, "scores", "boxes");
   if (idxs.defined()) {
-    TORCH_CHECK(idxs.dim() == 1 && idxs.size(0) == boxes.size(0), op,
+    DEEPEM_CHECK(idxs.dim() == 1 && idxs.size(0) == boxes.size(0), op,
                 ": argument 'idxs' must have shape [", boxes.size(0),
                 "] (one group id per box), got ", idxs.sizes());
-    TORCH_CHECK(at::isIntegralType(idxs.scalar_type(), /*includeBool=*/false), op,
+    DEEPEM_CHECK(at::isIntegralType(idxs.scalar_type(), /*includeBool=*/false), op,
                 ": argument 'idxs' must be an integer tensor, got ", idxs.scalar_type());
     check_same_device(idxs, boxes, op, "idxs", "boxes");
   }
@@ -62,7 +62,7 @@ at::Tensor nms3d_cpu_chunked(const at::Tensor& boxes, const at::Tensor& scores,
                              int64_t chunk) {
   const at::Tensor groups = idxs.has_value() ? idxs_int64(*idxs) : at::Tensor();
   check_nms3d_args(boxes, scores, groups, iou_threshold, "_nms3d_cpu_chunked");
-  TORCH_CHECK(chunk > 0, "_nms3d_cpu_chunked: argument 'chunk' must be > 0, got ", chunk);
+  DEEPEM_CHECK(chunk > 0, "_nms3d_cpu_chunked: argument 'chunk' must be > 0, got ", chunk);
   return nms3d_cpu_kernel(to_compute(boxes), to_compute(scores), groups, iou_threshold, chunk);
 }
 

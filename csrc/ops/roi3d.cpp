@@ -10,7 +10,7 @@ namespace deepem {
 namespace {
 
 void check_output_size(at::IntArrayRef output_size, const char* op) {
-  TORCH_CHECK(output_size.size() == 3 && output_size[0] > 0 && output_size[1] > 0 &&
+  DEEPEM_CHECK(output_size.size() == 3 && output_size[0] > 0 && output_size[1] > 0 &&
                   output_size[2] > 0,
               op, ": argument 'output_size' must be three positive sizes (d, h, w), got ",
               output_size);
@@ -34,7 +34,7 @@ void check_batch_indices(const at::Tensor& rois, const at::Tensor& like, int64_t
   const at::Tensor bad = (b >= static_cast<double>(batch)).logical_or_(b < 0).logical_or_(b.isnan());
   if (!bad.any().item<bool>()) return;
   const int64_t row = bad.nonzero()[0][0].item<int64_t>();
-  TORCH_CHECK(false, op, ": argument 'rois' row ", row, " has batch index rois[", row,
+  DEEPEM_CHECK(false, op, ": argument 'rois' row ", row, " has batch index rois[", row,
               ", 0] = ", b[row].item<double>(), ", expected a batch index in [0, ", batch,
               ") (the input has ", batch, " scans)");
 }
@@ -51,7 +51,7 @@ Roi3dShape make_shape(at::IntArrayRef input_shape, at::IntArrayRef output_size) 
 }
 
 void check_spatial_scale(double spatial_scale, const char* op) {
-  TORCH_CHECK(std::isfinite(spatial_scale) && spatial_scale > 0, op,
+  DEEPEM_CHECK(std::isfinite(spatial_scale) && spatial_scale > 0, op,
               ": argument 'spatial_scale' must be a positive finite number, got ", spatial_scale);
 }
 
@@ -60,9 +60,9 @@ void check_spatial_scale(double spatial_scale, const char* op) {
 Roi3dShape check_roi3d_forward_args(const at::Tensor& input, const at::Tensor& rois,
                                     at::IntArrayRef output_size, double spatial_scale,
                                     const char* op) {
-  TORCH_CHECK(input.dim() == 5, op, ": argument 'input' must have shape [N, C, D, H, W], got ",
+  DEEPEM_CHECK(input.dim() == 5, op, ": argument 'input' must have shape [N, C, D, H, W], got ",
               input.sizes());
-  TORCH_CHECK(at::isFloatingType(input.scalar_type()), op,
+  DEEPEM_CHECK(at::isFloatingType(input.scalar_type()), op,
               ": argument 'input' must be float16, bfloat16, float32 or float64, got ",
               input.scalar_type());
   check_rois(rois, input, op, "input");
@@ -75,15 +75,15 @@ Roi3dShape check_roi3d_forward_args(const at::Tensor& input, const at::Tensor& r
 Roi3dShape check_roi3d_backward_args(const at::Tensor& grad_output, const at::Tensor& rois,
                                      at::IntArrayRef input_shape, double spatial_scale,
                                      const char* op) {
-  TORCH_CHECK(input_shape.size() == 5, op,
+  DEEPEM_CHECK(input_shape.size() == 5, op,
               ": argument 'input_shape' must be [N, C, D, H, W], got ", input_shape);
   for (int64_t v : input_shape)
-    TORCH_CHECK(v >= 0, op, ": argument 'input_shape' must be non-negative, got ", input_shape);
-  TORCH_CHECK(at::isFloatingType(grad_output.scalar_type()), op,
+    DEEPEM_CHECK(v >= 0, op, ": argument 'input_shape' must be non-negative, got ", input_shape);
+  DEEPEM_CHECK(at::isFloatingType(grad_output.scalar_type()), op,
               ": argument 'grad_output' must be a floating tensor, got ",
               grad_output.scalar_type());
   check_rois(rois, grad_output, op, "grad_output");
-  TORCH_CHECK(grad_output.dim() == 5 && grad_output.size(0) == rois.size(0) &&
+  DEEPEM_CHECK(grad_output.dim() == 5 && grad_output.size(0) == rois.size(0) &&
                   grad_output.size(1) == input_shape[1],
               op, ": argument 'grad_output' must have shape [", rois.size(0), ", ",
               input_shape[1], ", d, h, w] (rois, channels, output size), got ",
@@ -136,14 +136,14 @@ std::tuple<at::Tensor, at::Tensor> roi_pool3d_cpu(const at::Tensor& input, const
 
 void check_roi_pool3d_argmax(const at::Tensor& argmax, const at::Tensor& grad_output,
                              const Roi3dShape& s, const char* op) {
-  TORCH_CHECK(argmax.scalar_type() == at::kLong && argmax.sizes() == grad_output.sizes(), op,
+  DEEPEM_CHECK(argmax.scalar_type() == at::kLong && argmax.sizes() == grad_output.sizes(), op,
               ": argument 'argmax' must be an int64 tensor of shape ", grad_output.sizes(),
               " (as returned by roi_pool3d), got ", argmax.scalar_type(), " ", argmax.sizes());
   check_same_device(argmax, grad_output, op, "argmax", "grad_output");
   if (argmax.numel() == 0) return;
   // An index outside the scan would write outside grad_input.
   const int64_t plane = s.size[0] * s.size[1] * s.size[2];
-  TORCH_CHECK(!(argmax < -1).logical_or_(argmax >= plane).any().item<bool>(), op,
+  DEEPEM_CHECK(!(argmax < -1).logical_or_(argmax >= plane).any().item<bool>(), op,
               ": argument 'argmax' has entries outside [-1, ", plane,
               ") (not the argmax of roi_pool3d for this input_shape)");
 }

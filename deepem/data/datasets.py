@@ -23,11 +23,14 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from .uids import check_uid
+
 PAD_VALUE = 170
 
 
 def load_scan(data_dir, uid, mmap=True):
     """(image uint8 (Z, Y, X), labels [N, 4] float32, meta dict) of one preprocessed scan."""
+    check_uid(uid, "preprocessed folder %s" % os.fspath(data_dir))
     base = os.path.join(data_dir, uid)
     image = np.load(base + "_clean.npy", mmap_mode="r" if mmap else None)
     labels = np.load(base + "_label.npy").astype(np.float32).reshape(-1, 4)

@@ -8,9 +8,12 @@ in SimpleITK, so `origin`, `spacing` and `direction` keep SimpleITK's (x, y, z) 
 `direction` is any 3x3 matrix (row-major, as SimpleITK returns it), not only the identity.
 """
 import os
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from . import mhd
 
 IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 
@@ -72,10 +75,16 @@ def _sitk():
     return SimpleITK
 
 
-def read_image(path, dtype=np.int16) -> Volume:
+def read_image(path, dtype=np.int16, fill_nonfinite=None) -> Volume:
     """Reads `.mhd` (+ `.raw`), `.nii`/`.nii.gz`, any other SimpleITK format, or a folder
     holding one DICOM series. Raises FileNotFoundError for a missing path and ScanReadError
-    (naming the path) for anything SimpleITK cannot read."""
+    (naming the path) for anything SimpleITK cannot read.
+
+    Voxels are never silently changed on the way to `dtype` (None: as stored): NaN or Inf
+    voxels are a ScanReadError naming the count, unless `fill_nonfinite` gives the value
+    that replaces them; float values are rounded; values outside an integer dtype's range
+    are clipped to it with a warning naming the count (a plain cast would wrap 40000 to
+    -25536)."""
     sitk = _sitk()
     path = os.fspath(path)
     if not os.path.exists(path):
@@ -96,7 +105,8 @@ def read_image(path, dtype=np.int16) -> Volume:
         raise
     except RuntimeError as e:  # SimpleITK raises RuntimeError for unreadable files
         first = str(e).strip().splitlines()
-        raise ScanReadError("cannot read scan %s: %s" % (path, first[-1] if first else e)) from e
+        why = mhd.diagnose(path) if path.lower().endswith(".mhd") else None
+        raise ScanReadError("cannot read scan %s: %s" % (path, why or (first[-1] if first else e))) from e
     if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
         raise ScanReadError(
             "scan %s is not a 3D scalar image (dimension %d, %d components)"
@@ -104,8 +114,34 @@ def read_image(path, dtype=np.int16) -> Volume:
         )
     array = sitk.GetArrayFromImage(image)
     if dtype is not None:
-        array = array.astype(dtype, copy=False)
+        array = convert_voxels(array, dtype, path, fill_nonfinite)
     return Volume(array, tuple(image.GetOrigin()), tuple(image.GetSpacing()), tuple(image.GetDirection()))
+
+
+def convert_voxels(array, dtype, path, fill_nonfinite=None) -> np.ndarray:
+    """`array` as `dtype` without a silent change: see read_image."""
+    dtype = np.dtype(dtype)
+    if array.dtype == dtype:
+        return array
+    if np.issubdtype(array.dtype, np.floating):
+        bad = ~np.isfinite(array)
+        count = int(bad.sum())
+        if count:
+            if fill_nonfinite is None:
+                raise ScanReadError("scan %s has %d non-finite voxels (NaN or Inf) of %d; refusing to guess their "
+                                    "values (read_image(..., fill_nonfinite=HU) replaces them)"
+                                    % (path, count, array.size))
+            array = np.where(bad, np.float64(fill_nonfinite), array)
+        if np.issubdtype(dtype, np.integer):
+            array = np.rint(array)
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        outside = int(np.count_nonzero((array < info.min) | (array > info.max)))
+        if outside:
+            warnings.warn("scan %s: %d voxels outside the %s range [%d, %d] were clipped to it"
+                          % (path, outside, dtype.name, info.min, info.max), stacklevel=3)
+            array = np.clip(array, info.min, info.max)
+    return array.astype(dtype, copy=False)
 
 
 def write_image(volume: Volume, path, compress: bool = False) -> None:

@@ -22,7 +22,8 @@ import numpy as np
 from scipy import ndimage
 
 from . import io, lung_mask, tables
-from .atomic import atomic_write
+from .atomic import atomic_write, remove_stale_temps
+from .uids import check_uid
 
 PAD_VALUE = 170
 HU_WINDOW = (-1200.0, 600.0)
@@ -109,6 +110,7 @@ def source_slice_of_world_z(z_world, volume: io.Volume):
 
 
 def output_paths(out_dir, uid):
+    check_uid(uid)
     return {k: os.path.join(out_dir, "%s_%s" % (uid, k)) for k in ("clean.npy", "label.npy", "weak.npy", "meta.json")}
 
 
@@ -221,6 +223,7 @@ def preprocess_dataset(data_root, out_dir, annotations_csv=None, weak_csv=None, 
     from concurrent.futures import ProcessPoolExecutor
 
     os.makedirs(out_dir, exist_ok=True)
+    remove_stale_temps(out_dir)
     scans = find_scans(data_root)
     uids = tables.read_seriesuids(seriesuids_csv) if seriesuids_csv else sorted(scans)
     ann = tables.read_annotations(annotations_csv) if annotations_csv else {}
@@ -232,6 +235,11 @@ def preprocess_dataset(data_root, out_dir, annotations_csv=None, weak_csv=None, 
     report = {"done": [], "skipped": [], "failed": {}}
     jobs = []
     for uid in uids:
+        try:
+            check_uid(uid, "scan file name under %s" % data_root)
+        except ValueError as e:  # a scan whose name cannot be a file name here: report it, go on
+            report["failed"][uid] = str(e)
+            continue
         if not overwrite and is_done(out_dir, uid):
             report["skipped"].append(uid)
             continue

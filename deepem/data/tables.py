@@ -18,6 +18,7 @@ import os
 import numpy as np
 
 from .atomic import atomic_write
+from .uids import check_uid
 
 ANNOTATION_COLUMNS = ("coordX", "coordY", "coordZ", "diameter_mm")
 CANDIDATE_COLUMNS = ("coordX", "coordY", "coordZ", "class")
@@ -122,7 +123,7 @@ def read_seriesuids(path):
                 continue
             if len(row) > 1 and any(c.strip() for c in row[1:]):
                 raise TableError("%s line %d: expected one seriesuid a line, got %d fields" % (path, i + 1, len(row)))
-            uids.append(uid)
+            uids.append(check_uid(uid, "%s line %d" % (path, i + 1)))
     return list(dict.fromkeys(uids))
 
 

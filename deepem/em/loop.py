@@ -9,11 +9,13 @@ import os
 from typing import Optional
 
 import numpy as np
+import torch
 
 from ..data import datasets
 from ..data.atomic import atomic_write
-from ..train import checkpoint, config as cfg
-from ..train.trainer import Trainer, check_data_root, lr_at, read_split, validate
+from ..model.safe_load import CheckpointError
+from ..train import config as cfg
+from ..train.trainer import Trainer, check_data_root, load_init, lr_at, read_split, validate
 from .estep import CSV_COLUMNS, run_estep
 from .lobe import LobeModel
 
@@ -37,10 +39,20 @@ def write_csv(path, rows):
     atomic_write(path, lambda f: f.write(text.getvalue().encode()))
 
 
+def to_tensors(arrays: dict) -> dict:
+    """{uid: numpy array} -> {uid: tensor}: checkpoints hold tensors, so they load weights-only."""
+    return {u: torch.from_numpy(np.ascontiguousarray(a)) for u, a in arrays.items()}
+
+
+def from_tensors(tensors: dict) -> dict:
+    return {u: t.cpu().numpy() for u, t in tensors.items()}
+
+
 def em_fit(config: cfg.TrainConfig, init: Optional[str] = None, resume: Optional[str] = None,
-           trainer: Optional[Trainer] = None, stop_at: Optional[int] = None) -> Trainer:
+           trainer: Optional[Trainer] = None, stop_at: Optional[int] = None, trusted: bool = False) -> Trainer:
     """EM training for config.optim.epochs epochs starting from the supervised checkpoint `init`
-    (resume: 'auto' or a path continues an EM run exactly)."""
+    (resume: 'auto' or a path continues an EM run exactly; trusted: load them with a full
+    unpickle, only for files you trust)."""
     check_data_root(config.data.root)
     c, em = config, config.em
     t = trainer or Trainer(c)
@@ -53,19 +65,17 @@ def em_fit(config: cfg.TrainConfig, init: Optional[str] = None, resume: Optional
                                    seed=c.run.seed) if c.data.val_split else None
     lobe = LobeModel().to(t.device)
     boxes, weights = {}, {}
-    state = t.resume(resume) if resume else None
+    state = t.resume(resume, trusted) if resume else None
     if state is not None and "em" not in state:  # e.g. --resume auto in the folder of a supervised run
-        raise ValueError("cannot resume EM from %s: it is a supervised checkpoint (no EM state); start EM from it "
+        raise CheckpointError("cannot resume EM from %s: it is a supervised checkpoint (no EM state); start EM from it "
                          "with init (--init) and a fresh run folder" % (resume if resume != "auto" else
                                                                        "the newest checkpoint in '%s'" % c.run.out))
-    if t.ctx.main and c.run.out:  # after the resume check: a refused run leaves the folder as it was
-        os.makedirs(c.run.out, exist_ok=True)
-        cfg.save_config(c, os.path.join(c.run.out, "config.yaml"))
+    t.open_run_folder()  # after the resume check: a refused run leaves the folder as it was
     if state is not None:
         lobe.load_state_dict(state["em"]["lobe"])
-        boxes, weights = state["em"]["boxes"], state["em"]["weights"]
+        boxes, weights = from_tensors(state["em"]["boxes"]), from_tensors(state["em"]["weights"])
     elif init:
-        t.model.load_state_dict(checkpoint.load(init, map_location=t.device)["model"])
+        load_init(t, init, trusted)
     elif trainer is None:  # EM from random weights is never what was meant
         raise FileNotFoundError("EM needs a start: no checkpoint to resume in '%s' and no init (a supervised "
                                 "checkpoint, --init)" % c.run.out)
@@ -94,6 +104,6 @@ def em_fit(config: cfg.TrainConfig, init: Optional[str] = None, resume: Optional
         t.log({"kind": "epoch", **record})
         t.epoch = epoch + 1
         t.save(metric.get("selection", record["train"]["loss"]),
-               extra={"em": {"lobe": lobe.state_dict(), "boxes": boxes, "weights": weights}})
+               extra={"em": {"lobe": lobe.state_dict(), "boxes": to_tensors(boxes), "weights": to_tensors(weights)}})
         t.plot()
     return t

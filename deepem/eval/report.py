@@ -5,7 +5,7 @@ import os
 
 import numpy as np
 
-from ..data.atomic import atomic_write
+from ..data.atomic import atomic_write, remove_stale_temps
 from ..data.tables import _fmt, _write, read_annotations, read_seriesuids
 from .froc import BAND_AT, compare, evaluate
 from .marks import read_marks
@@ -39,6 +39,13 @@ def run(results, annotations, out_dir, excluded=None, seriesuids=None, other=Non
     lines = []
     if seriesuids is not None:
         uids = read_seriesuids(seriesuids)
+        listed = set(uids)
+        for name, table in ((results, marks), (other, marks_b)):
+            outside = [u for u in (table or {}) if u not in listed]
+            if outside:
+                lines.append("warning: %s has %d marks on %d scans that %s does not list (e.g. %s); they are left out"
+                             % (os.path.basename(os.fspath(name)), sum(len(table[u]) for u in outside), len(outside),
+                                os.path.basename(os.fspath(seriesuids)), outside[0]))
     else:
         uids = sorted(set(ann) | set(marks) | set(marks_b or ()))
         lines.append("no --seriesuids: counting the %d scans named in %s or the results; a scan with neither a "
@@ -54,6 +61,7 @@ def run(results, annotations, out_dir, excluded=None, seriesuids=None, other=Non
                               **compare(marks, marks_b, ann, uids, exc, bootstrap=bootstrap, seed=seed))
 
     os.makedirs(out_dir, exist_ok=True)
+    remove_stale_temps(out_dir)
     _write_json(os.path.join(out_dir, "froc.json"), doc)
     _write_curve(os.path.join(out_dir, "froc.csv"), r)
     from .plots import froc_plot

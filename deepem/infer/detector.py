@@ -18,7 +18,9 @@ import numpy as np
 import torch
 
 from ..data import lung_mask, preprocess
+from ..data.uids import check_uid
 from ..model.res18 import STRIDE, Res18
+from ..model.safe_load import CheckpointError, load_checkpoint, state_dict_of
 from ..ops.anchors import DEEPLUNG_SIZES
 from . import tiles
 from .decode import decode as _decode
@@ -39,29 +41,22 @@ def _strip_prefixes(state):
     return out
 
 
-def load_model(checkpoint_or_model, sizes=None):
+def load_model(checkpoint_or_model, sizes=None, trusted=False):
     """(Res18 in eval mode on the CPU, anchor sizes) from a Res18, a checkpoint dict
-    ({'model': state_dict, 'config': {'model': {'width', 'dropout'}}}) or its file."""
+    ({'model': state_dict, 'config': {'model': {'width', 'dropout'}}}) or its file (loaded
+    weights-only unless `trusted`: deepem.model.safe_load)."""
     if isinstance(checkpoint_or_model, torch.nn.Module):
         model = checkpoint_or_model
         return model.eval(), tuple(sizes or DEEPLUNG_SIZES)
     ckpt, name = checkpoint_or_model, "checkpoint dict"
     if isinstance(ckpt, (str, os.PathLike)):
         name = os.fspath(ckpt)
-        if not os.path.isfile(name):
-            raise FileNotFoundError("checkpoint not found: %s" % name)
-        try:
-            ckpt = torch.load(name, map_location="cpu", weights_only=True)
-        except Exception:
-            try:  # training checkpoints also hold RNG states: trusted files only
-                ckpt = torch.load(name, map_location="cpu", weights_only=False)
-            except Exception as e:
-                raise RuntimeError("checkpoint %s could not be read: %s" % (name, e)) from None
-    if not isinstance(ckpt, dict) or "model" not in ckpt:
-        raise ValueError("%s: expected a dict with 'model' (a state_dict) and 'config', got %s"
-                         % (name, sorted(ckpt) if isinstance(ckpt, dict) else type(ckpt).__name__))
-    cfg = (ckpt.get("config") or {}).get("model") or {}
-    state = _strip_prefixes(ckpt["model"])
+        ckpt = load_checkpoint(name, map_location="cpu", trusted=trusted)
+    state = _strip_prefixes(state_dict_of(ckpt, name))
+    cfg = ckpt.get("config") or {}
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("model") or {}, dict):
+        raise CheckpointError("%s: 'config' must be a dict whose 'model' section (width, dropout) is a dict" % name)
+    cfg = cfg.get("model") or {}
     head = state.get("output.2.weight")
     if head is None:
         raise ValueError("%s: the state_dict is not a Res18's (no 'output.2.weight')" % name)
@@ -90,6 +85,7 @@ def scan_uid(path):
 
 def load_preprocessed(folder, uid):
     """(uint8 image (memory-mapped), meta) of a `deepem preprocess` output."""
+    check_uid(uid, "preprocessed folder %s" % os.fspath(folder))
     clean = os.path.join(os.fspath(folder), uid + "_clean.npy")
     meta_path = os.path.join(os.fspath(folder), uid + "_meta.json")
     for p in (clean, meta_path):
@@ -162,13 +158,14 @@ class Detector:
     deepem.infer.tiles), margin: context voxels on each side (32), tile_batch: tiles per forward
     pass (peak memory follows it: width 1 at 208^3 needs about 3 GB per tile in float32,
     bf16 about half), amp: 'none' | 'bf16' | 'fp16'. threshold: logit cut; min_diameter: mm;
-    nms_iou: cube IoU; max_marks: per scan (LUNA16: 100).
+    nms_iou: cube IoU; max_marks: per scan (LUNA16: 100). A checkpoint file is loaded
+    weights-only; trusted=True allows a full unpickle (files you trust only: it can run code).
     """
 
     def __init__(self, checkpoint_or_model, device="auto", tile=144, margin=32, tile_batch=1, amp="none",
-                 threshold=-2.0, nms_iou=0.1, min_diameter=3.0, max_marks=100, sizes=None):
+                 threshold=-2.0, nms_iou=0.1, min_diameter=3.0, max_marks=100, sizes=None, trusted=False):
         self.device = _device(device)
-        model, self.sizes = load_model(checkpoint_or_model, sizes)
+        model, self.sizes = load_model(checkpoint_or_model, sizes, trusted)
         self.model = model.to(self.device).eval()
         tiles.autocast(self.device, amp)  # validates amp
         tiles.split_comb((1, 1, 1), tile, margin)  # validates tile and margin

@@ -5,6 +5,7 @@ import os
 import numpy as np
 
 from ..data.atomic import atomic_write
+from ..data.uids import check_uid
 
 LUNG_WINDOW = (-1350.0, 150.0)  # HU: level -600, width 1500
 
@@ -21,6 +22,7 @@ def _panel(ax, image, centre, half, aspect, title, flip_rows):
 
 
 def overlay_name(uid, rank, probability):
+    check_uid(uid, "the marks to draw")
     return "%s_mark%03d_p%.3f.png" % (uid, rank, probability)
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..data import io, preprocess
+from ..data.atomic import remove_stale_temps
 from .detector import load_input, scan_uid
 from .marks import COORDINATES, CSV_COLUMNS, Marks
 from ..data.splits import read_split
@@ -82,6 +83,7 @@ def detect_many(detector, inputs, out_dir, write_csv, overlays=False, overlay_mi
     """Detects in every input ((uid, source): source a raw scan path or (folder, uid)) and writes the
     run folder. write_csv(path, {uid: [K, 4] (x, y, z, p)}, {uid: [K] diameters}) writes marks.csv."""
     os.makedirs(out_dir, exist_ok=True)
+    remove_stale_temps(out_dir, recursive=True)
     result = RunResult()
     bar = None
     if progress:

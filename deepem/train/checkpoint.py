@@ -1,5 +1,7 @@
 """Checkpoints written atomically (temp file in the same folder, fsync, rename), so a run
-killed mid-write never leaves a broken file; `latest` finds what `--resume auto` continues."""
+killed mid-write never leaves a broken file; `latest` finds what `--resume auto` continues.
+What is saved is tensors, numbers, strings and plain containers only, so that every load is
+weights-only (deepem.model.safe_load): a checkpoint never runs code."""
 import glob
 import os
 import re
@@ -7,6 +9,7 @@ import re
 import torch
 
 from ..data.atomic import atomic_write
+from ..model.safe_load import CheckpointError, load_checkpoint, state_dict_of  # noqa: F401
 
 EPOCH_FILE = "epoch_%03d.pt"
 
@@ -15,13 +18,17 @@ def save(state: dict, path: str) -> None:
     atomic_write(path, lambda f: torch.save(state, f))
 
 
-def load(path: str, map_location="cpu") -> dict:
-    if not os.path.isfile(path):
-        raise FileNotFoundError("checkpoint '%s' does not exist" % path)
-    try:
-        return torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as e:  # a truncated or foreign file: say which
-        raise RuntimeError("checkpoint '%s' could not be read: %s" % (path, e)) from None
+def load(path: str, map_location="cpu", trusted: bool = False) -> dict:
+    """A checkpoint dict, weights-only unless `trusted` (CheckpointError names the file)."""
+    state = load_checkpoint(path, map_location, trusted)
+    if not isinstance(state, dict):
+        raise CheckpointError("checkpoint '%s' holds a %s, expected a dict" % (path, type(state).__name__))
+    return state
+
+
+def load_weights(path: str, map_location="cpu", trusted: bool = False) -> dict:
+    """The model state_dict of checkpoint `path` (for --init)."""
+    return state_dict_of(load(path, map_location, trusted), "checkpoint '%s'" % path)
 
 
 def latest(run_dir: str):

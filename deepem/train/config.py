@@ -3,6 +3,7 @@ overrides. Unknown keys and values of the wrong type are rejected with the key's
 defaults are the paper's GPU settings; `PRESETS` holds the small CPU model.
 """
 import dataclasses
+import math
 import os
 import typing
 from dataclasses import dataclass, field
@@ -209,6 +210,9 @@ def load_config(path: Optional[str] = None, preset: Optional[str] = None, overri
                 loaded = yaml.safe_load(f)
             except yaml.YAMLError as e:
                 raise ConfigError("config file '%s' is not valid YAML: %s" % (path, e)) from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError("config file '%s' must hold a mapping of sections (data:, model:, optim:, ...), "
+                              "got a %s" % (path, type(loaded).__name__))
         values = merge(values, loaded or {})
     values = merge(values, extra or {})
     values = merge(values, parse_overrides(overrides))
@@ -217,18 +221,72 @@ def load_config(path: Optional[str] = None, preset: Optional[str] = None, overri
     return config
 
 
+# The range of every numeric setting: (low, high, low included, high included); None: unbounded.
+# A list setting's range applies to each of its items. Every float must also be finite.
+RANGES = {
+    "data.crop_size": (16, None, True, True), "data.random_fraction": (0, 1, True, False),
+    "data.workers": (0, None, True, True),
+    "model.width": (0, None, False, True), "model.dropout": (0, 1, True, False),
+    "loss.pos_threshold": (0, 1, False, True), "loss.neg_threshold": (0, 1, True, True),
+    "loss.num_neg": (0, None, True, True), "loss.num_hard": (0, None, True, True),
+    "optim.lr": (0, None, False, True), "optim.momentum": (0, 1, True, False),
+    "optim.weight_decay": (0, None, True, True), "optim.batch_size": (1, None, True, True),
+    "optim.epochs": (1, None, True, True), "optim.steps_per_epoch": (0, None, True, True),
+    "optim.lr_milestones": (0, 1, True, True), "optim.lr_factors": (0, None, False, True),
+    "run.threads": (0, None, True, True), "run.log_every": (1, None, True, True),
+    "run.val_every": (1, None, True, True),
+    "detect.nms_iou": (0, 1, True, True), "detect.min_diameter": (0, None, True, True),
+    "detect.max_marks": (1, None, True, True), "detect.tile": (16, None, True, True),
+    "detect.margin": (0, None, True, True), "detect.tile_batch": (1, None, True, True),
+    "em.k": (1, None, True, True), "em.fraction": (0, 1, False, True), "em.nms_iou": (0, 1, True, True),
+    "em.mu": (0, None, True, True), "em.sigma": (0, None, False, True), "em.z_window": (0, None, False, True),
+    "em.lobe_lr_factor": (0, None, False, True), "em.lobe_steps": (0, None, True, True),
+    "em.exclude_band": (0, None, True, True), "em.weak_steps": (0, None, True, True),
+    "em.full_steps": (0, None, True, True), "em.temperature": (0, None, False, True),
+    "em.lobe_weight": (0, None, True, True), "em.min_posterior": (0, 1, True, True), "em.min_margin": (0, 1, True, True),
+    "em.ema_decay": (0, 1, True, False),
+}
+
+
+def _interval(low, high, low_in, high_in):
+    if high is None:
+        return ">= %g" % low if low_in else "> %g" % low
+    return "in %s%g, %g%s" % ("[" if low_in else "(", low, high, "]" if high_in else ")")
+
+
+def _check_numbers(config) -> None:
+    for section in dataclasses.fields(config):
+        part = getattr(config, section.name)
+        for f in dataclasses.fields(part):
+            key, value = "%s.%s" % (section.name, f.name), getattr(part, f.name)
+            items = value if isinstance(value, list) else [value]
+            for v in items:
+                if isinstance(v, bool) or not isinstance(v, (int, float)):
+                    continue
+                if isinstance(v, float) and not math.isfinite(v):
+                    raise ConfigError("config key '%s' must be a finite number, got %r" % (key, value))
+                if key in RANGES:
+                    low, high, low_in, high_in = RANGES[key]
+                    ok = (v >= low if low_in else v > low) and (high is None or (v <= high if high_in else v < high))
+                    if not ok:
+                        raise ConfigError("config key '%s' must be %s, got %r"
+                                          % (key, _interval(*RANGES[key]), value))
+
+
 def validate(config: TrainConfig) -> None:
     c = config
-    if c.data.crop_size <= 0 or c.data.crop_size % 16:
+    _check_numbers(c)
+    if c.data.crop_size % 16:
         raise ConfigError("config key 'data.crop_size' must be a positive multiple of 16, got %d" % c.data.crop_size)
-    if not 0 <= c.data.random_fraction < 1:
-        raise ConfigError("config key 'data.random_fraction' must be in [0, 1), got %r" % c.data.random_fraction)
-    for key, value in (("optim.batch_size", c.optim.batch_size), ("optim.epochs", c.optim.epochs),
-                       ("run.log_every", c.run.log_every), ("run.val_every", c.run.val_every)):
-        if value < 1:
-            raise ConfigError("config key '%s' must be >= 1, got %d" % (key, value))
-    if c.optim.lr <= 0 or c.model.width <= 0:
-        raise ConfigError("config keys 'optim.lr' and 'model.width' must be > 0")
+    from ..infer import tiles
+
+    try:  # the detector's own rule for tiles and margins
+        tiles.split_comb((1, 1, 1), c.detect.tile, c.detect.margin)
+    except ValueError as e:
+        raise ConfigError("config keys 'detect.tile' / 'detect.margin': %s" % e) from None
+    if c.loss.neg_threshold > c.loss.pos_threshold:
+        raise ConfigError("config key 'loss.neg_threshold' (%g) must not exceed 'loss.pos_threshold' (%g)"
+                          % (c.loss.neg_threshold, c.loss.pos_threshold))
     if len(c.optim.lr_milestones) != len(c.optim.lr_factors):
         raise ConfigError("config keys 'optim.lr_milestones' and 'optim.lr_factors' must have the same length")
     if c.optim.name not in ("sgd", "adamw"):
@@ -237,8 +295,6 @@ def validate(config: TrainConfig) -> None:
         raise ConfigError("config key 'run.select' must be loss or cpm, got '%s'" % c.run.select)
     if c.em.method not in ("map", "sample"):
         raise ConfigError("config key 'em.method' must be map or sample, got '%s'" % c.em.method)
-    if not 0 < c.em.fraction <= 1:
-        raise ConfigError("config key 'em.fraction' must be in (0, 1], got %r" % c.em.fraction)
     if c.run.amp not in ("none", "bf16", "fp16"):
         raise ConfigError("config key 'run.amp' must be none, bf16 or fp16, got '%s'" % c.run.amp)
 

@@ -11,11 +11,14 @@ import numpy as np
 import torch
 
 from ..data import datasets, splits
-from ..data.atomic import atomic_write
+from ..data.atomic import atomic_write, remove_stale_temps
 from ..model import DetectionLoss, Res18
 from . import checkpoint, distributed
 from .config import TrainConfig, save_config, to_dict
 from .sampling import EpochSampler
+
+
+TRAINING_STATE = ("model", "optimizer", "scaler", "rng", "epoch", "best", "history")
 
 
 class NonFiniteLoss(RuntimeError):
@@ -263,19 +266,42 @@ class Trainer:
             if name.startswith("epoch_"):
                 os.unlink(os.path.join(folder, name))
 
-    def resume(self, which: str) -> Optional[dict]:
+    def resume(self, which: str, trusted: bool = False) -> Optional[dict]:
         """which: a checkpoint path, or 'auto' (the newest in the run folder; none: fresh start).
-        Returns the checkpoint (for callers' own state) or None."""
+        Returns the checkpoint (for callers' own state) or None. Weights-only unless `trusted`."""
         path = checkpoint.latest(self.out) if which == "auto" else which
         if path is None:
             return None
-        state = checkpoint.load(path, map_location=self.device)
+        state = checkpoint.load(path, map_location=self.device, trusted=trusted)
+        missing = [k for k in TRAINING_STATE if k not in state]
+        if missing:
+            raise checkpoint.CheckpointError("checkpoint '%s' cannot be resumed: it lacks %s (a training checkpoint "
+                                             "of deepem train or em has them)" % (path, ", ".join(missing)))
+        checkpoint.state_dict_of(state, "checkpoint '%s'" % path)
         self.load_state(state)
         return state
+
+    def open_run_folder(self) -> None:
+        """Creates the run folder (rank 0), removes temp files that killed writes left in it,
+        and writes config.yaml."""
+        if self.ctx.main and self.out:
+            os.makedirs(self.out, exist_ok=True)
+            remove_stale_temps(self.out, recursive=True)
+            save_config(self.config, os.path.join(self.out, "config.yaml"))
 
     def plot(self) -> None:
         if self.ctx.main and self.out and self.history:
             plot_history(self.history, os.path.join(self.out, "loss.png"))
+
+
+def load_init(t: Trainer, init: str, trusted: bool = False) -> None:
+    """The start weights of a run: the model state_dict of checkpoint `init`."""
+    state = checkpoint.load_weights(init, map_location=t.device, trusted=trusted)
+    try:
+        t.model.load_state_dict(state)
+    except RuntimeError as e:
+        raise checkpoint.CheckpointError("checkpoint '%s': its weights do not fit this run's model (model.width %s): %s"
+                                         % (init, t.config.model.width, str(e).strip().splitlines()[0])) from None
 
 
 def exclusion_band(weak_z, half_width: float):
@@ -337,11 +363,12 @@ def validate(t: Trainer, val_set, epoch: int) -> dict:
 
 
 def fit(config: TrainConfig, resume: Optional[str] = None, trainer: Optional[Trainer] = None,
-        stop_at: Optional[int] = None, init: Optional[str] = None) -> Trainer:
+        stop_at: Optional[int] = None, init: Optional[str] = None, trusted: bool = False) -> Trainer:
     """Supervised training (`deepem train`): epochs over the train split's crops, validation
     loss on the validation split for model selection, a checkpoint each epoch. stop_at: return
     before that epoch, as if interrupted (the schedule still follows optim.epochs). init: start
-    from this checkpoint's weights (not its optimizer or epoch)."""
+    from this checkpoint's weights (not its optimizer or epoch). trusted: load `resume` and `init`
+    with a full unpickle (only for files you trust; deepem's own checkpoints never need it)."""
     check_data_root(config.data.root)
     t = trainer or Trainer(config)
     c = config
@@ -351,12 +378,10 @@ def fit(config: TrainConfig, resume: Optional[str] = None, trainer: Optional[Tra
     val_set = None
     if c.data.val_split:
         val_set = datasets.CropDataset(c.data.root, read_split(c, c.data.val_split), train=False, **common)
-    if t.ctx.main and c.run.out:
-        os.makedirs(c.run.out, exist_ok=True)
-        save_config(c, os.path.join(c.run.out, "config.yaml"))
-    state = t.resume(resume) if resume else None
+    t.open_run_folder()
+    state = t.resume(resume, trusted) if resume else None
     if state is None and init:
-        t.model.load_state_dict(checkpoint.load(init, map_location=t.device)["model"])
+        load_init(t, init, trusted)
     while t.epoch < min(c.optim.epochs, c.optim.epochs if stop_at is None else stop_at):
         epoch = t.epoch
         train = t.train_epoch(train_set, epoch, steps=c.optim.steps_per_epoch)

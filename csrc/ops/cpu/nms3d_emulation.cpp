@@ -54,7 +54,7 @@ at::Tensor nms3d_bitmask_emulated(const at::Tensor& boxes, const at::Tensor& sco
                                   int64_t budget_words) {
   const at::Tensor groups = idxs.has_value() ? idxs->to(at::kLong).contiguous() : at::Tensor();
   check_nms3d_args(boxes, scores, groups, iou_threshold, "_nms3d_bitmask_emulated");
-  TORCH_CHECK(budget_words > 0, "_nms3d_bitmask_emulated: argument 'budget_words' must be > 0");
+  DEEPEM_CHECK(budget_words > 0, "_nms3d_bitmask_emulated: argument 'budget_words' must be > 0");
   const at::Tensor b = to_compute(boxes), s = to_compute(scores);
   return AT_DISPATCH_FLOATING_TYPES(b.scalar_type(), "nms3d_bitmask_emulated", [&] {
     HostGridExecutor<scalar_t> exec;

@@ -24,7 +24,7 @@ std::tuple<at::Tensor, at::Tensor> roi_align3d_emulated(
   const at::Tensor x = to_compute(input), r = roi3d_rois_like(rois, x);
   const int64_t K = r.size(0);
   at::Tensor out = at::empty({K, s.channels, s.pooled[0], s.pooled[1], s.pooled[2]}, x.options());
-  TORCH_CHECK(grad_output.sizes() == out.sizes(), op, ": argument 'grad_output' must have shape ",
+  DEEPEM_CHECK(grad_output.sizes() == out.sizes(), op, ": argument 'grad_output' must have shape ",
               out.sizes(), ", got ", grad_output.sizes());
   const at::Tensor g = grad_output.to(x.scalar_type()).contiguous();
   at::Tensor grad_input = at::zeros(x.sizes(), x.options());

@@ -6,6 +6,7 @@ import os
 import numpy as np
 
 from .. import io, tables
+from ..atomic import remove_stale_temps
 from .scan import make_scan
 
 
@@ -57,6 +58,7 @@ def make_dataset(out_dir, n_scans=10, seed=0, shape=None, n_subsets=10, split=(0
       splits.json ({'full', 'weak', 'test'}: seriesuid lists) and phantom.json (the settings).
     `preset` and `scan_kwargs` go to make_scan. Returns the splits."""
     os.makedirs(out_dir, exist_ok=True)
+    remove_stale_temps(out_dir, recursive=True)
     n_subsets = max(1, min(int(n_subsets), int(n_scans)))
     names = split_names(n_scans, split)
     order = np.random.default_rng([int(seed), 1 << 30]).permutation(n_scans)  # which scan goes where
