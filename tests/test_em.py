@@ -184,7 +184,7 @@ def test_labels_and_scans_without_candidates(tmp_path, method):
                  "nolabel": torch.tensor([[3.0, 20.0, 20, 20, 6]])}
     config = em_config(tmp_path, ["em.method=" + method, "em.k=2"])
     result = posterior_and_picks(str(tmp_path), ["half", "empty", "nolabel"], proposals, LobeModel(), config, 3)
-    assert result.profile == {"labels": 4, "labels_without_candidates": 3}
+    assert result.profile == {"labels": 4, "labels_without_candidates": 3, "labels_not_confident": 0}
     assert [(r[0], r[1], r[2], r[5]) for r in result.rows] == [("half", 0, 0, 11.0)]  # one admissible
     assert result.boxes["half"].tolist() == [[11.0, 20.0, 20.0, 6.0]]
     assert result.boxes["empty"].shape == (0, 4) and result.boxes["nolabel"].shape == (0, 4)

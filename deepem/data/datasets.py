@@ -7,6 +7,7 @@
   it as (z, y, x, d) in crop voxels, and the coordinate map of the output cells.
 - WeakCropDataset: the same over weakly labelled scans, fed by pseudo boxes (the EM E-step's
   picks, `set_pseudo_boxes` each epoch), and also yields each weak label's z in the crop.
+- MixedCropDataset: full and weak crops in one index space, for batches that hold both.
 - SplitComb / ScanDataset: the whole-scan tiling used at test time (144^3 tiles with a 32
   voxel margin, configurable) and the inverse that stitches per-tile outputs.
 
@@ -255,7 +256,31 @@ class WeakCropDataset(CropDataset):
         item = super()._item(uid, crop, coord, boxes, start, scale, flip, weights)
         z = (self._weak[uid][:, 0].astype(np.float64) - start[0]) * scale
         item["weak_z"] = torch.from_numpy(z.astype(np.float32))
+        item["weak"] = True
         return item
+
+
+class MixedCropDataset(torch.utils.data.Dataset):
+    """Full and weak crops in one index space (full first), so that a sampler over it mixes
+    them in every batch in proportion to their numbers of crops (the EM M-step with em.mix).
+    Full items get an empty 'weak_z' (no band) and 'weak' False."""
+
+    def __init__(self, full: CropDataset, weak: WeakCropDataset):
+        self.full, self.weak = full, weak
+
+    def set_epoch(self, epoch):
+        self.full.set_epoch(epoch)
+        self.weak.set_epoch(epoch)
+
+    def __len__(self):
+        return len(self.full) + len(self.weak)
+
+    def __getitem__(self, index):
+        if index < len(self.full):
+            item = self.full[index]
+            item["weak_z"], item["weak"] = torch.zeros(0), False
+            return item
+        return self.weak[index - len(self.full)]
 
 
 def collate(batch):

@@ -57,42 +57,33 @@ def scan_proposals(detector: Detector, image, weak_z: np.ndarray, threshold: flo
     return kept
 
 
-def run_estep(model, data_dir: str, uids: list, config, lobe: LobeModel, epoch: int,
-              ctx: distributed.Context) -> EStepResult:
-    """E-step on `uids` (the scans sampled this epoch), in their order. The profile's seconds
-    are this rank's: detection (reading + network), post-processing (decode, weak-window
-    filter, NMS), posterior + pick."""
+def detect_proposals(model, data_dir: str, uids: list, weak_z: dict, config, ctx: distributed.Context):
+    """({uid: proposals [P, 5]} of every scan, this rank's seconds of reading, network and
+    post-processing): detection sharded over ranks, proposals all-gathered. weak_z: {uid:
+    the label slices whose windows keep proposals}. The model's train/eval mode is restored."""
     em, det = config.em, config.detect
+    training = model.training
     detector = Detector(model, device=ctx.device, tile=det.tile, margin=det.margin, tile_batch=det.tile_batch,
                         amp=config.run.amp)
-    mine, timings, t_read = {}, {"network": 0.0, "postprocess": 0.0}, 0.0
+    mine, timings = {}, {"read": 0.0, "network": 0.0, "postprocess": 0.0}
     for i in range(ctx.rank, len(uids), ctx.world):
         uid = uids[i]
         t0 = time.perf_counter()
-        image, _ = load_preprocessed(data_dir, uid)  # the image only: a weak scan's true boxes are never read
-        weak = datasets.load_weak(data_dir, uid)
+        image, _ = load_preprocessed(data_dir, uid)  # the image only
         image = np.asarray(image)
-        t_read += time.perf_counter() - t0
-        mine[uid] = scan_proposals(detector, image, weak[:, 0], em.threshold, em.z_window, em.nms_iou, timings)
+        timings["read"] += time.perf_counter() - t0
+        mine[uid] = scan_proposals(detector, image, weak_z[uid], em.threshold, em.z_window, em.nms_iou, timings)
     proposals = {}
     for part in distributed.all_gather_object(mine, ctx):
         proposals.update(part)
-    model.train()
-    t1 = time.perf_counter()
-    result = posterior_and_picks(data_dir, uids, proposals, lobe, config, epoch)
-    result.profile.update({"scans": len(uids), "seconds_detection": t_read + timings["network"],
-                           "seconds_postprocess": timings["postprocess"],
-                           "seconds_posterior_pick": time.perf_counter() - t1,
-                           "proposals_per_scan": float(np.mean([len(proposals[u]) for u in uids])) if uids else 0.0})
-    return result
+    model.train(training)
+    return proposals, timings
 
 
-def posterior_and_picks(data_dir, uids, proposals, lobe, config, epoch) -> EStepResult:
-    """The batched posterior (all scans padded to one [B, P, 5]) and the picks."""
-    em = config.em
+def batch_labels(uids, proposals, weak, metas, lobe):
+    """All scans padded to one batch: props [B, P, 5], num_p [B], weak_z [B, M], weak_lobe
+    [B, M], num_w [B] and the lobe model's log p(lobe | proposal) [B, P, L]."""
     B = len(uids)
-    weak = [datasets.load_weak(data_dir, u) for u in uids]
-    metas = [preprocess.load_meta(data_dir, u) for u in uids]
     P = max([len(proposals[u]) for u in uids] + [1])
     M = max([len(w) for w in weak] + [1])
     props = torch.zeros(B, P, 5)
@@ -110,10 +101,73 @@ def posterior_and_picks(data_dir, uids, proposals, lobe, config, epoch) -> EStep
             if len(p):
                 centres = p[:, 1:4].to(lobe.linear.weight.device)  # the lobe model lives on the run's device
                 lobe_lp[b, : len(p)] = lobe.log_probs(features(centres, metas[b]["shape"])).cpu()
-    lp, has = em_posterior(props, num_p, weak_z, weak_lobe, num_w, lobe_lp if em.use_lobe else None,
-                           mu=em.mu, sigma=em.sigma, z_window=em.z_window)
+    return props, num_p, weak_z, weak_lobe, num_w, lobe_lp
+
+
+def run_estep(model, data_dir: str, uids: list, config, lobe: LobeModel, epoch: int,
+              ctx: distributed.Context) -> EStepResult:
+    """E-step on `uids` (the scans sampled this epoch), in their order. The profile's seconds
+    are this rank's: detection (reading + network), post-processing (decode, weak-window
+    filter, NMS), posterior + pick."""
+    weak_z = {u: datasets.load_weak(data_dir, u)[:, 0] for u in uids}  # a weak scan's true boxes are never read
+    proposals, timings = detect_proposals(model, data_dir, uids, weak_z, config, ctx)
+    t1 = time.perf_counter()
+    result = posterior_and_picks(data_dir, uids, proposals, lobe, config, epoch)
+    result.profile.update({"scans": len(uids), "seconds_detection": timings["read"] + timings["network"],
+                           "seconds_postprocess": timings["postprocess"],
+                           "seconds_posterior_pick": time.perf_counter() - t1,
+                           "proposals_per_scan": float(np.mean([len(proposals[u]) for u in uids])) if uids else 0.0})
+    return result
+
+
+def label_posterior(props, num_p, weak_z, weak_lobe, num_w, lobe_lp, em):
+    """em_posterior with the E-step's free parts applied: the detector's logit l enters as
+    sigmoid((l - em.logit_shift) / em.temperature), the lobe term's log-probabilities times
+    em.lobe_weight (paper: shift 0, temperature 1, weight 1)."""
+    if em.temperature != 1.0 or em.logit_shift != 0.0:
+        props = props.clone()
+        props[..., 0] = (props[..., 0] - em.logit_shift) / em.temperature
+    lobe = lobe_lp * em.lobe_weight if lobe_lp is not None and em.use_lobe and em.lobe_weight > 0 else None
+    return em_posterior(props, num_p, weak_z, weak_lobe, num_w, lobe, mu=em.mu, sigma=em.sigma, z_window=em.z_window)
+
+
+def confident_labels(log_posterior, em):
+    """bool [B, M]: labels whose best proposal has posterior >= em.min_posterior and beats the
+    runner-up by em.min_margin (both 0 in the paper: every label with a candidate counts).
+    The others give no pseudo box; their scans still give negatives outside the z bands."""
+    p = log_posterior.exp()
+    top = p.topk(min(2, p.shape[-1]), dim=-1).values if p.shape[-1] else p.new_zeros(p.shape[:2] + (1,))
+    best = top[..., 0]
+    second = top[..., 1] if top.shape[-1] > 1 else torch.zeros_like(best)
+    return (best >= em.min_posterior) & (best - second >= em.min_margin)
+
+
+def box_geometry(merged, weak_z, em):
+    """Pseudo boxes with the E-step's geometry options: the centre's z set to the picking
+    label's slice (em.box_z_from_label: the weak label knows the central slice; a proposal's z
+    is the detector's guess) and the diameter times em.pseudo_scale (paper: neither)."""
+    if not em.box_z_from_label and em.pseudo_scale == 1.0:
+        return merged
+    boxes = merged.boxes.clone()
+    if em.box_z_from_label and len(boxes):
+        boxes[:, 0] = weak_z[merged.scan, merged.label].to(boxes.dtype)
+    boxes[:, 3] *= em.pseudo_scale
+    return merged._replace(boxes=boxes)
+
+
+def posterior_and_picks(data_dir, uids, proposals, lobe, config, epoch) -> EStepResult:
+    """The batched posterior (all scans padded to one [B, P, 5]) and the picks."""
+    em = config.em
+    B = len(uids)
+    weak = [datasets.load_weak(data_dir, u) for u in uids]
+    metas = [preprocess.load_meta(data_dir, u) for u in uids]
+    props, num_p, weak_z, weak_lobe, num_w, lobe_lp = batch_labels(uids, proposals, weak, metas, lobe)
+    M = weak_z.shape[1]
+    lp, has = label_posterior(props, num_p, weak_z, weak_lobe, num_w, lobe_lp, em)
     picks = em_map(lp)[..., None] if em.method == "map" else em_sample(lp, em.k, seed=config.run.seed, offset=epoch)
-    merged = pseudo_boxes(props, picks, lp)
+    confident = confident_labels(lp, em)
+    picks = torch.where(confident[..., None], picks, torch.full_like(picks, -1))
+    merged = box_geometry(pseudo_boxes(props, picks, lp), weak_z, em)
     boxes, weights = {}, {}
     for b, (bx, wt) in enumerate(merged.per_scan(B)):
         boxes[uids[b]] = bx.numpy().astype(np.float32)
@@ -130,6 +184,7 @@ def posterior_and_picks(data_dir, uids, proposals, lobe, config, epoch) -> EStep
         feats.append(features(props[b, j, 1:4][None], meta["shape"])[0])
         labels.append(int(weak_lobe[b, m]))
     real = torch.arange(M)[None] < num_w[:, None]
-    profile = {"labels": int(num_w.sum()), "labels_without_candidates": int((real & ~has).sum())}
+    profile = {"labels": int(num_w.sum()), "labels_without_candidates": int((real & ~has).sum()),
+               "labels_not_confident": int((real & has & ~confident).sum())}
     return EStepResult(boxes, weights, rows, torch.stack(feats) if feats else torch.zeros(0, 3),
                        torch.tensor(labels, dtype=torch.long), profile)

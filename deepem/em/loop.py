@@ -3,7 +3,13 @@
   lobe model update on the (picked proposal, weak lobe) pairs,
   M-step: one pass over the weak scans with pseudo boxes (negatives kept out of each weak
   label's z band; optionally posterior-weighted), then one supervised epoch,
-through the same Trainer as `deepem train` (checkpoints, exact resume, NaN guard, metrics)."""
+through the same Trainer as `deepem train` (checkpoints, exact resume, NaN guard, metrics).
+
+Options beyond the paper (config em.*, each off by default): a teacher other than the student
+runs the E-step (teacher.py), the E-step's free parts are fitted on a fully labelled split
+before each E-step (calibrate.py), unconfident labels give no pseudo box (estep.py), full and
+weak crops share every batch (mix), pseudo boxes train classification only."""
+import dataclasses
 import math
 import os
 from typing import Optional
@@ -16,8 +22,10 @@ from ..data.atomic import atomic_write
 from ..model.safe_load import CheckpointError
 from ..train import config as cfg
 from ..train.trainer import Trainer, check_data_root, load_init, lr_at, read_split, validate
+from .calibrate import calibrate
 from .estep import CSV_COLUMNS, run_estep
 from .lobe import LobeModel
+from .teacher import Teacher
 
 
 def sample_scans(uids, fraction, seed, epoch):
@@ -49,10 +57,13 @@ def from_tensors(tensors: dict) -> dict:
 
 
 def em_fit(config: cfg.TrainConfig, init: Optional[str] = None, resume: Optional[str] = None,
-           trainer: Optional[Trainer] = None, stop_at: Optional[int] = None, trusted: bool = False) -> Trainer:
+           trainer: Optional[Trainer] = None, stop_at: Optional[int] = None, trusted: bool = False,
+           estep=None, observer=None) -> Trainer:
     """EM training for config.optim.epochs epochs starting from the supervised checkpoint `init`
     (resume: 'auto' or a path continues an EM run exactly; trusted: load them with a full
-    unpickle, only for files you trust)."""
+    unpickle, only for files you trust). For studies of the method only: `estep` replaces
+    run_estep (same arguments and result), `observer(epoch, result)` sees each E-step's result
+    and returns a dict logged as a 'diagnostics' record; neither is part of DeepEM."""
     check_data_root(config.data.root)
     c, em = config, config.em
     t = trainer or Trainer(c)
@@ -79,31 +90,50 @@ def em_fit(config: cfg.TrainConfig, init: Optional[str] = None, resume: Optional
     elif trainer is None:  # EM from random weights is never what was meant
         raise FileNotFoundError("EM needs a start: no checkpoint to resume in '%s' and no init (a supervised "
                                 "checkpoint, --init)" % c.run.out)
+    teacher = Teacher(em.teacher, t.model, em.ema_decay)  # a copy of the start (or the student itself)
+    if state is not None:
+        teacher.load_state_dict(state["em"].get("teacher", {}))
+    t.after_step.append(teacher.update)
+    calibration_uids = read_split(c, em.calibrate) if em.calibrate else []
+    estep = estep or run_estep
     end = c.optim.epochs if stop_at is None else min(stop_at, c.optim.epochs)
     while t.epoch < end:
         epoch = t.epoch
         chosen = sample_scans(weak_uids, em.fraction, c.run.seed, epoch)
-        est = run_estep(t.model, c.data.root, chosen, c, lobe, epoch, t.ctx)
+        run_config = c
+        if calibration_uids:
+            fitted = calibrate(teacher.model, c.data.root, calibration_uids, c, t.ctx)
+            t.log({"kind": "calibration", "epoch": epoch, **dataclasses.asdict(fitted)})
+            run_config = fitted.apply(c)
+        est = estep(teacher.model, c.data.root, chosen, run_config, lobe, epoch, t.ctx)
         boxes.update(est.boxes)
         weights.update(est.weights)
         if t.ctx.main and c.run.out:
             write_csv(os.path.join(c.run.out, "pseudo_boxes", "epoch_%03d.csv" % epoch), est.rows)
+        if observer is not None:
+            t.log({"kind": "diagnostics", "epoch": epoch, **observer(epoch, est)})
         lobe_loss = lobe.fit(est.lobe_feats.to(t.device), est.lobe_labels.to(t.device),
                              em.lobe_lr_factor * lr_at(c, epoch), em.lobe_steps)
         est.profile.update({"epoch": epoch, "picks": len(est.rows), "lobe_loss": lobe_loss})
         t.log({"kind": "estep", **est.profile})
         record = {"epoch": epoch, "estep": est.profile}
         weak_set.set_pseudo_boxes(boxes, weights)
-        if len(weak_set.samples):
-            record["weak"] = t.train_epoch(weak_set, epoch, steps=em.weak_steps, tag="weak", weighted=em.weighted,
-                                           stream=1)
-        record["train"] = t.train_epoch(full_set, epoch, steps=em.full_steps or c.optim.steps_per_epoch, tag="full")
+        full_steps = em.full_steps or c.optim.steps_per_epoch
+        if em.mix:  # one pass, every batch drawn from full and weak crops alike
+            record["train"] = t.train_epoch(datasets.MixedCropDataset(full_set, weak_set), epoch,
+                                            steps=em.weak_steps + full_steps, tag="mixed", weighted=em.weighted)
+        else:
+            if len(weak_set):  # with no pseudo box at all: random crops, negatives outside the bands
+                record["weak"] = t.train_epoch(weak_set, epoch, steps=em.weak_steps, tag="weak", weighted=em.weighted,
+                                               stream=1)
+            record["train"] = t.train_epoch(full_set, epoch, steps=full_steps, tag="full")
         metric = validate(t, val_set, epoch)
         record.update(metric)
         t.history.append(record)
         t.log({"kind": "epoch", **record})
         t.epoch = epoch + 1
         t.save(metric.get("selection", record["train"]["loss"]),
-               extra={"em": {"lobe": lobe.state_dict(), "boxes": to_tensors(boxes), "weights": to_tensors(weights)}})
+               extra={"em": {"lobe": lobe.state_dict(), "boxes": to_tensors(boxes), "weights": to_tensors(weights),
+                             "teacher": teacher.state_dict()}})
         t.plot()
     return t

@@ -7,6 +7,8 @@ negatives below IoU 0.02, optionally none inside the EM weak z bands), take the
 over the positives (without positives: 0.5 BCE(hard negatives), as DeepLung). Optional
 per-box weights (the EM posterior) scale each positive's BCE and regression terms; terms are
 averaged over the number of positives, so weights below 1 shrink uncertain boxes' pull.
+Optional per-box regression weights scale the regression terms alone (0: a box that teaches
+classification only, e.g. an EM pseudo box whose size and centre are the detector's guess).
 """
 from dataclasses import dataclass
 from typing import List, Optional, Sequence
@@ -31,8 +33,8 @@ class LossResult:
 
 class DetectionLoss(nn.Module):
     """output [B, D, H, W, A, 5] (Res18's), boxes: per crop a [G_b, 4] tensor of cubes
-    (z, y, x, d) in crop voxels; weights: per crop [G_b] or None; neg_exclude_z: per crop an
-    [E_b, 2] tensor of z bands (crop voxels) where no negative is taken, or None."""
+    (z, y, x, d) in crop voxels; weights, reg_weights: per crop [G_b] or None; neg_exclude_z: per
+    crop an [E_b, 2] tensor of z bands (crop voxels) where no negative is taken, or None."""
 
     def __init__(self, sizes: Sequence[float] = DEEPLUNG_SIZES, stride: int = STRIDE,
                  pos_threshold: float = 0.5, neg_threshold: float = 0.02, num_neg: int = 800,
@@ -43,7 +45,8 @@ class DetectionLoss(nn.Module):
         self.num_neg, self.num_hard = num_neg, num_hard
 
     def forward(self, output: Tensor, boxes: List[Tensor], weights: Optional[List[Tensor]] = None,
-                neg_exclude_z: Optional[List[Tensor]] = None, seed: int = 0) -> LossResult:
+                neg_exclude_z: Optional[List[Tensor]] = None, seed: int = 0,
+                reg_weights: Optional[List[Tensor]] = None) -> LossResult:
         if output.dim() != 6 or output.shape[-1] != 5 or output.shape[-2] != len(self.sizes):
             raise ValueError("DetectionLoss: output must be [B, D, H, W, %d, 5], got %s"
                              % (len(self.sizes), tuple(output.shape)))
@@ -65,12 +68,8 @@ class DetectionLoss(nn.Module):
         anchor = lab.pos_anchor[crop, box]
         pos_logit, pos_pred = logits[crop, anchor], out[crop, anchor, 1:]
         pos_target = lab.pos_targets[crop, box].float()
-        w = torch.ones_like(pos_logit)
-        if weights is not None:
-            w_pad = torch.zeros(gt.shape[:2], device=device)
-            for i, wi in enumerate(weights):
-                w_pad[i, : len(wi)] = wi.to(device, torch.float32)
-            w = w_pad[crop, box]
+        w = _per_box(weights, gt, crop, box, pos_logit)
+        w_reg = w if reg_weights is None else w * _per_box(reg_weights, gt, crop, box, pos_logit)
         neg_logit = logits[hard_negatives(logits, lab.labels, self.num_hard * batch)]
 
         cls_neg = F.binary_cross_entropy_with_logits(neg_logit, torch.zeros_like(neg_logit)) \
@@ -79,7 +78,7 @@ class DetectionLoss(nn.Module):
         if n_pos:
             cls_pos = (w * F.binary_cross_entropy_with_logits(pos_logit, torch.ones_like(pos_logit),
                                                               reduction="none")).sum() / n_pos
-            reg = [(w * F.smooth_l1_loss(pos_pred[:, k], pos_target[:, k], reduction="none")).sum() / n_pos
+            reg = [(w_reg * F.smooth_l1_loss(pos_pred[:, k], pos_target[:, k], reduction="none")).sum() / n_pos
                    for k in range(4)]
             total = 0.5 * cls_pos + 0.5 * cls_neg + sum(reg)
         else:
@@ -92,6 +91,16 @@ class DetectionLoss(nn.Module):
                      "neg_acc": float((neg_logit < 0).float().mean()) if neg_logit.numel() else float("nan"),
                      "num_pos": n_pos, "num_neg": int(neg_logit.numel())}
         return LossResult(total, parts)
+
+
+def _per_box(values, gt, crop, box, like):
+    """Per-crop [G_b] values -> the positives' values (ones when `values` is None)."""
+    if values is None:
+        return torch.ones_like(like)
+    pad = torch.zeros(gt.shape[:2], device=like.device)
+    for i, v in enumerate(values):
+        pad[i, : len(v)] = v.to(like.device, torch.float32)
+    return pad[crop, box]
 
 
 def _pad_bands(bands: List[Tensor]):

@@ -97,6 +97,20 @@ class EMConfig:
     exclude_band: float = 5.0  # no negatives within weak z +- this (scan voxels; scaled with the crop) in weak crops
     weak_steps: int = 0  # M-step steps over weak crops per epoch (0: one pass)
     full_steps: int = 0  # supervised steps per epoch (0: optim.steps_per_epoch)
+    # Beyond the paper (each default is the paper's method; docs/deepem-study.md measures them):
+    temperature: float = 1.0  # the posterior uses sigmoid((logit - logit_shift) / temperature) ...
+    logit_shift: float = 0.0  # ... (Platt scaling: a shift keeps confident proposals from all saturating at 1)
+    lobe_weight: float = 1.0  # the posterior uses p(lobe | proposal) ** lobe_weight
+    min_posterior: float = 0.0  # a label gives pseudo boxes only if its best posterior reaches this ...
+    min_margin: float = 0.0  # ... and beats the runner-up by this; else only its band-free negatives
+    teacher: str = "student"  # who runs the E-step: student (paper) | init (frozen start) | ema (weights' EMA)
+    ema_decay: float = 0.999  # per optimizer step, for teacher = ema
+    mix: bool = False  # full and weak crops in every batch (one pass of weak_steps + full_steps)
+    pseudo_regression: bool = True  # false: pseudo boxes train classification only, no box regression
+    box_z_from_label: bool = False  # a pseudo box's centre z is its label's slice, not the proposal's
+    pseudo_scale: float = 1.0  # pseudo box diameter = the proposal's times this
+    calibrate: str = ""  # a fully labelled split (e.g. val): fit logit_shift, temperature, mu, sigma and
+    #                      min_posterior on it before each E-step (deepem/em/calibrate.py)
 
 
 @dataclass
@@ -244,7 +258,7 @@ RANGES = {
     "em.exclude_band": (0, None, True, True), "em.weak_steps": (0, None, True, True),
     "em.full_steps": (0, None, True, True), "em.temperature": (0, None, False, True),
     "em.lobe_weight": (0, None, True, True), "em.min_posterior": (0, 1, True, True), "em.min_margin": (0, 1, True, True),
-    "em.ema_decay": (0, 1, True, False),
+    "em.ema_decay": (0, 1, True, False), "em.pseudo_scale": (0, None, False, True),
 }
 
 
@@ -293,6 +307,8 @@ def validate(config: TrainConfig) -> None:
         raise ConfigError("config key 'optim.name' must be sgd or adamw, got '%s'" % c.optim.name)
     if c.run.select not in ("loss", "cpm"):
         raise ConfigError("config key 'run.select' must be loss or cpm, got '%s'" % c.run.select)
+    if c.em.teacher not in ("student", "init", "ema"):
+        raise ConfigError("config key 'em.teacher' must be student, init or ema, got '%s'" % c.em.teacher)
     if c.em.method not in ("map", "sample"):
         raise ConfigError("config key 'em.method' must be map or sample, got '%s'" % c.em.method)
     if c.run.amp not in ("none", "bf16", "fp16"):

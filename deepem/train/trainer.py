@@ -97,6 +97,7 @@ class Trainer:
         self.best = None  # (metric, epoch): lower is better
         self.history = []
         self.out = config.run.out
+        self.after_step = []  # called after every optimizer step (e.g. the EM teacher's EMA update)
 
     # ---- one pass -------------------------------------------------------------------------
     def autocast(self):
@@ -159,10 +160,13 @@ class Trainer:
             bands = [exclusion_band(z, self.config.em.exclude_band * float(s))
                      for z, s in zip(batch["weak_z"], batch["scale"])]
         weights = batch.get("weights") if weighted else None
+        reg_weights = None
+        if "weak" in batch and not self.config.em.pseudo_regression:  # pseudo boxes: classification only
+            reg_weights = [torch.full((len(b),), 0.0 if weak else 1.0) for b, weak in zip(batch["boxes"], batch["weak"])]
         with self.autocast():
             output = self.net(image, coord)
         result = self.loss(output, batch["boxes"], weights=weights, neg_exclude_z=bands,
-                           seed=step_seed(self.config.run.seed, epoch, step, self.ctx.rank))
+                           seed=step_seed(self.config.run.seed, epoch, step, self.ctx.rank), reg_weights=reg_weights)
         finite = distributed.all_true(bool(torch.isfinite(result.total)), self.ctx)
         if not finite:
             bad = [k for k, v in result.parts.items() if isinstance(v, float) and not math.isfinite(v)]
@@ -172,6 +176,8 @@ class Trainer:
         self.scaler.scale(result.total).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        for hook in self.after_step:
+            hook()
         return {"loss": float(result.total.detach()), **result.parts}
 
     @torch.no_grad()
