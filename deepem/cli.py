@@ -359,7 +359,41 @@ def add_demo(sub):
     p.set_defaults(func=_demo)
 
 
-COMMANDS = [add_phantom, add_preprocess, add_train, add_em, add_detect, add_evaluate, add_demo]
+def _study(args):
+    from . import demo, study
+
+    try:
+        base = study.parse_settings(args.setting, demo.DEFAULT)
+        variants = tuple(v for v in args.variants.split(",") if v)
+        return study.main(args.out, n_full=tuple(args.n_full), seeds=tuple(args.seeds), variants=variants,
+                          workers=args.workers, base=base)
+    except ValueError as e:
+        print("deepem study: %s" % e, file=sys.stderr)
+        return 2
+
+
+def add_study(sub):
+    from .study import DEFAULT_VARIANTS, VARIANTS
+
+    p = sub.add_parser("study", help="where DeepEM's gain appears: EM gain against the number of fully labelled "
+                                     "scans, with the noise control, em_truth and remedies",
+                       description="For each number of fully labelled scans (weak = 3x) and seed: the demo's "
+                       "data and init stages, then each variant (supervised baseline, noise control, oracle, "
+                       "em_truth, DeepEM and its remedies) trained, validated and detected on the test split. "
+                       "Writes OUT/n<N>_s<seed>/point.json and OUT/study.json, study.md, study.png. Finished "
+                       "stages are reused. Variants: %s." % ", ".join(VARIANTS))
+    p.add_argument("--out", default="study_out", help="output folder (default study_out)")
+    p.add_argument("--n-full", type=_positive_int, nargs="+", default=[16, 32, 64], help="default 16 32 64")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="default 0 1")
+    p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
+                   help="comma-separated (default %s)" % ",".join(DEFAULT_VARIANTS))
+    p.add_argument("--setting", action="append", metavar="NAME=VALUE",
+                   help="change one of the demo's settings (deepem.demo.Settings), e.g. n_val=24 (repeatable)")
+    p.add_argument("--workers", type=_positive_int, default=2, help="processes for data generation (default 2)")
+    p.set_defaults(func=_study)
+
+
+COMMANDS = [add_phantom, add_preprocess, add_train, add_em, add_detect, add_evaluate, add_demo, add_study]
 
 
 def build_parser():

@@ -61,6 +61,8 @@ class Settings:
     tile: int  # detection tile side
     margin: int
     num_neg: int
+    nodule_p_none: float = 0.25  # phantom: share of scans without a nodule (LUNA16-like) ...
+    nodule_extra_mean: float = 1.0  # ... else 1 + Poisson(this) nodules
 
 
 QUICK = Settings(n_full=3, n_weak=3, n_val=2, n_test=4, width=0.125, crop=32, batch=4, optimizer="adamw", lr=0.01,
@@ -118,8 +120,9 @@ def make_data(out, s: Settings, seed, workers):
     raw, pre = os.path.join(out, "raw"), os.path.join(out, "preprocessed")
     n = s.n_full + s.n_weak + s.n_val + s.n_test
     # The generator's test share becomes val + test here; weak labels exist for the weak split only.
+    stats = phantom.NoduleOptions(p_none=s.nodule_p_none, extra_mean=s.nodule_extra_mean)
     splits = phantom.make_dataset(raw, n_scans=n, seed=seed, preset="demo", workers=workers,
-                                  split=(s.n_full, s.n_weak, s.n_val + s.n_test), progress=True)
+                                  split=(s.n_full, s.n_weak, s.n_val + s.n_test), progress=True, nodule_stats=stats)
     report = preprocess.preprocess_dataset(raw, pre, annotations_csv=os.path.join(raw, "annotations.csv"),
                                            weak_csv=os.path.join(raw, "weak_labels.csv"), workers=workers)
     if report["failed"]:

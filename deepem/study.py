@@ -1,0 +1,366 @@
+"""`deepem study`: where DeepEM's gain appears. The EM gain over the supervised baseline as a
+function of the initial detector's strength, varied by the number of fully labelled scans
+(weak = 3 x full), beside the noise control (the baseline retrained with another seed), the
+oracle (the weak scans' true boxes, supervised) and em_truth (the EM path fed the true boxes:
+the M-step's ceiling), with remedies beyond the paper as ablation rows.
+
+One point = (n_full, seed), in OUT/n<NNN>_s<seed>/, with the demo's stages (deepem.demo): data,
+init, then one stage per variant (train, then detect the validation and test splits), each
+resumed when found finished. Settings are chosen on the validation split: its CPM and the EM
+logs (pick precision) are in every row; the test split is only detected, for the table.
+OUT/study.json, study.md and study.png gather every finished point.
+"""
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field, replace
+
+import numpy as np
+
+from . import demo
+from .data import tables
+from .machine import describe
+
+RERUN_SEED_OFFSET = demo.RERUN_SEED_OFFSET
+
+
+@dataclass(frozen=True)
+class Variant:
+    kind: str  # sup (supervised from init) | em
+    label: str
+    method: str = "map"  # em: map | sample
+    em: dict = field(default_factory=dict)  # em.* overrides (the remedies)
+    train_split: str = "full"  # sup: full | full_and_weak (the oracle)
+    seed_offset: int = 0  # the noise control trains with seed + this
+    truth: bool = False  # em: the E-step hands over the weak scans' true boxes (em_truth)
+    negatives_only: bool = False  # em: the E-step picks nothing (the weak scans give negatives only)
+    diagnostic: str = ""  # em: right_only | perturbed_truth (deepem.diagnostics E-steps reading the truth)
+
+
+# The paper's method is `map` / `sample`; every other EM row switches on remedies (deepem.em).
+VARIANTS = {
+    "baseline": Variant("sup", "Baseline (full only)"),
+    "baseline_rerun": Variant("sup", "Noise control (baseline, 2nd training seed)", seed_offset=RERUN_SEED_OFFSET),
+    "oracle": Variant("sup", "Oracle (weak scans' true boxes, supervised)", train_split="full_and_weak"),
+    "em_truth": Variant("em", "em_truth (EM path fed the true boxes)", truth=True),
+    "em_truth_mix": Variant("em", "em_truth, mixed batches", truth=True, em={"mix": True}),
+    "em_negatives": Variant("em", "weak scans as negatives only (no pseudo box)", negatives_only=True),
+    "em_truth_perturbed": Variant("em", "em_truth with the proposals' geometry errors (d x1.38, centre 0.5 r)",
+                                  diagnostic="perturbed_truth"),
+    "right_only_cal_init": Variant("em", "calibrated MAP, init teacher, wrong picks dropped (diagnostic)",
+                                   diagnostic="right_only", em={"calibrate": "val", "teacher": "init"}),
+    "map": Variant("em", "DeepEM MAP (paper)"),
+    "sample": Variant("em", "DeepEM sampling (paper)", method="sample"),
+    "map_weighted": Variant("em", "MAP, loss x posterior", em={"weighted": True}),
+    "map_mix": Variant("em", "MAP, mixed batches", em={"mix": True}),
+    "map_init_teacher": Variant("em", "MAP, frozen initial detector as teacher", em={"teacher": "init"}),
+    "map_ema_teacher": Variant("em", "MAP, EMA teacher", em={"teacher": "ema", "ema_decay": 0.99}),
+    "map_margin": Variant("em", "MAP, confidence margin 0.3", em={"min_margin": 0.3}),
+    "map_cls_only": Variant("em", "MAP, pseudo boxes classification only", em={"pseudo_regression": False}),
+    "map_calibrated": Variant("em", "MAP, E-step calibrated on the validation scans", em={"calibrate": "val"}),
+    "map_cal_init": Variant("em", "MAP, calibrated, frozen initial teacher", em={"calibrate": "val", "teacher": "init"}),
+    "map_cal_ema": Variant("em", "MAP, calibrated, EMA teacher",
+                           em={"calibrate": "val", "teacher": "ema", "ema_decay": 0.99}),
+    "map_cal_init_w": Variant("em", "MAP, calibrated, frozen initial teacher, loss x posterior",
+                              em={"calibrate": "val", "teacher": "init", "weighted": True}),
+    "map_cal_init_cls": Variant("em", "MAP, calibrated, frozen initial teacher, classification only",
+                                em={"calibrate": "val", "teacher": "init", "pseudo_regression": False}),
+    "map_cal_init_z": Variant("em", "MAP, calibrated (with box scale), init teacher, box z from the label",
+                              em={"calibrate": "val", "teacher": "init", "box_z_from_label": True}),
+    "map_cal_init_z_cls": Variant("em", "MAP, calibrated (with box scale), init teacher, box z from the label, "
+                                  "classification only", em={"calibrate": "val", "teacher": "init",
+                                                             "box_z_from_label": True, "pseudo_regression": False}),
+    "sample_cal_init": Variant("em", "sampling, calibrated, frozen initial teacher", method="sample",
+                               em={"calibrate": "val", "teacher": "init"}),
+}
+SUPERVISED = ("baseline", "baseline_rerun", "oracle")
+DEFAULT_VARIANTS = ("baseline", "baseline_rerun", "oracle", "em_truth", "map", "sample")
+
+
+def point_settings(n_full: int, base: demo.Settings = demo.DEFAULT) -> demo.Settings:
+    """The demo's default with n_full fully labelled and 3 n_full weak scans; the E-step sees
+    at most 64 weak scans an epoch (a seeded share), so that a point fits in 45 minutes."""
+    n_weak = 3 * n_full
+    return replace(base, n_full=n_full, n_weak=n_weak, em_fraction=min(1.0, 64.0 / n_weak))
+
+
+def point_dir(out, n_full, seed):
+    return os.path.join(out, "n%03d_s%d" % (n_full, seed))
+
+
+def run_variant(out, s: demo.Settings, seed, name, variant: Variant, init_ckpt, diagnostics_ready):
+    """Trains one variant from init_ckpt in out/name; returns its record (val CPM, EM logs)."""
+    from .diagnostics import (PickDiagnostics, negatives_estep, perturbed_truth_estep, picks_plot, read_metrics,
+                              right_only_estep, truth_estep)
+    from .em import em_fit
+    from .train.trainer import fit
+
+    pre = os.path.join(out, "preprocessed")
+    run_dir = os.path.join(out, name)
+    seed_run = seed + variant.seed_offset
+    if variant.kind == "sup":
+        split = os.path.join(pre, "full_and_weak.txt") if variant.train_split == "full_and_weak" else "full"
+        t = fit(demo.train_config(run_dir, pre, s, seed_run, train_split=split), init=init_ckpt, resume="auto")
+    else:
+        config = demo.train_config(run_dir, pre, s, seed_run, em=variant.method, extra={"em": dict(variant.em)})
+        missed, weak_uids = diagnostics_ready()
+        observer = PickDiagnostics(pre, weak_uids, missed)
+        estep = truth_estep if variant.truth else negatives_estep if variant.negatives_only else None
+        if variant.diagnostic:
+            estep = right_only_estep if variant.diagnostic == "right_only" else perturbed_truth_estep()
+        t = em_fit(config, init=init_ckpt, resume="auto", estep=estep, observer=observer)
+        picks_plot(run_dir)
+    records = read_metrics(run_dir)
+    diag = [r for r in records if r.get("kind") == "diagnostics"]
+    val = [h.get("val_cpm") for h in t.history if h.get("val_cpm") is not None]
+    return {"val_cpm_best": float(max(val)) if val else None, "val_cpm_last": float(val[-1]) if val else None,
+            "epochs": len(t.history), "diagnostics": diag,
+            "proposals_per_scan": [r.get("proposals_per_scan") for r in records if r.get("kind") == "estep"]}
+
+
+def weak_missed(out, s: demo.Settings, init_ckpt):
+    """The weak scans' nodules that the initial detector misses at 1 FP per scan (cached)."""
+    from .diagnostics import missed_at_one_fp, true_boxes
+
+    pre = os.path.join(out, "preprocessed")
+    path = os.path.join(out, "init", "weak_missed.json")
+    with open(os.path.join(pre, "splits.json")) as f:
+        weak_uids = json.load(f)["weak"]
+    if not os.path.isfile(path):
+        found = demo.detect_split(init_ckpt, pre, weak_uids, s)
+        missed = missed_at_one_fp({u: m[1] for u, m in found.items()}, {u: true_boxes(pre, u)[1] for u in weak_uids})
+        from .data.atomic import atomic_write
+
+        atomic_write(path, lambda f: f.write(json.dumps({u: v.tolist() for u, v in missed.items()}).encode()))
+    with open(path) as f:
+        return {u: np.asarray(v, bool) for u, v in json.load(f).items()}, weak_uids
+
+
+def test_marks(out, s, name, test_uids):
+    """Detect the test split with a variant's validation-selected model; marks CSV in its folder."""
+    from .eval import froc
+
+    path = os.path.join(out, name, "test_marks.csv")
+    if not os.path.isfile(path):
+        found = demo.detect_split(demo.best_checkpoint(os.path.join(out, name)), os.path.join(out, "preprocessed"),
+                                  test_uids, s)
+        froc.write_marks(path, {u: m[1] for u, m in found.items()}, {u: m[0].diameter_mm for u, m in found.items()})
+    return path
+
+
+def run_point(out, n_full, seed, variants=DEFAULT_VARIANTS, workers=2, base=demo.DEFAULT):
+    """One (n_full, seed) point: data, init, each variant; returns point.json's content."""
+    from .eval import froc
+    from .eval.marks import read_marks
+    from .train.trainer import fit
+
+    s = point_settings(n_full, base)
+    os.makedirs(out, exist_ok=True)
+    times = {}
+    pre, raw = os.path.join(out, "preprocessed"), os.path.join(out, "raw")
+    demo.run_stage(out, "data", lambda d: demo.make_data(out, s, seed, workers), times)
+    init_ckpt = os.path.join(out, "init", "last.pt")
+    demo.run_stage(out, "init", lambda d: fit(demo.train_config(d, pre, s, seed, init=True), resume="auto"), times)
+    with open(os.path.join(pre, "splits.json")) as f:
+        test_uids = json.load(f)["test"]
+    rows = {}
+    for name in variants:
+        v = VARIANTS[name]
+        record = demo.run_stage(out, name, lambda d, name=name, v=v: run_variant(
+            out, s, seed, name, v, init_ckpt, lambda: weak_missed(out, s, init_ckpt)), times)
+        t0 = time.perf_counter()
+        test_marks(out, s, name, test_uids)
+        times[name] += time.perf_counter() - t0
+        rows[name] = {k: v for k, v in record.items() if k != "seconds"}
+    annotations = tables.read_annotations(os.path.join(raw, "annotations.csv"))
+    excluded = tables.read_annotations(os.path.join(raw, "annotations_excluded.csv"), excluded=True)
+    marks = {n: read_marks(os.path.join(out, n, "test_marks.csv")) for n in variants}
+    for name in variants:
+        r = froc.evaluate(marks[name], annotations, test_uids, excluded=excluded, bootstrap=0)
+        rows[name].update(test_cpm=float(r.cpm), test_sensitivity=[float(v) for v in r.sensitivity])
+        if name != "baseline" and "baseline" in marks:
+            c = froc.compare(marks[name], marks["baseline"], annotations, test_uids, excluded=excluded)
+            rows[name].update(gain=float(c["diff"]), gain_ci95=[float(v) for v in c["ci95"]],
+                              p_gain_positive=float(c["p_positive"]))
+    init_val = json.load(open(os.path.join(out, "init", "stage.json")))
+    result = {"n_full": n_full, "n_weak": s.n_weak, "seed": seed, "settings": asdict(s), "rows": rows,
+              "init_val_cpm": _init_val_cpm(out), "stage_seconds": times, "seconds_total": float(sum(times.values())),
+              "machine": describe(), "init_seconds": init_val["seconds"]}
+    from .data.atomic import atomic_write
+
+    atomic_write(os.path.join(out, "point.json"), lambda f: f.write(json.dumps(result, indent=1).encode()))
+    return result
+
+
+def _init_val_cpm(out):
+    from .diagnostics import read_metrics
+
+    vals = [r.get("val_cpm") for r in read_metrics(os.path.join(out, "init")) if r.get("kind") == "epoch"]
+    vals = [v for v in vals if v is not None]
+    return float(vals[-1]) if vals else None
+
+
+def first_last(diag, key):
+    values = [d.get(key) for d in diag if d.get(key) is not None]
+    return (values[0], values[-1]) if values else (None, None)
+
+
+def summarize(out):
+    """study.json / study.md / study.png from every OUT/n*_s*/point.json."""
+    points = []
+    for name in sorted(os.listdir(out)):
+        path = os.path.join(out, name, "point.json")
+        if name.startswith("n") and os.path.isfile(path):
+            with open(path) as f:
+                points.append(json.load(f))
+    if not points:
+        return None
+    names = [n for n in VARIANTS if any(n in p["rows"] for p in points)]
+    table = {}
+    for n_full in sorted({p["n_full"] for p in points}):
+        group = [p for p in points if p["n_full"] == n_full]
+        entry = {"seeds": [p["seed"] for p in group], "init_val_cpm": [p["init_val_cpm"] for p in group],
+                 "minutes": [p["seconds_total"] / 60 for p in group], "rows": {}}
+        for n in names:
+            rows = [p["rows"][n] for p in group if n in p["rows"]]
+            if not rows:
+                continue
+            gains = [r["gain"] for r in rows if "gain" in r]
+            agg = {"test_cpm": [r["test_cpm"] for r in rows], "val_cpm": [r["val_cpm_best"] for r in rows],
+                   "gain": gains, "gain_mean": float(np.mean(gains)) if gains else None,
+                   "gain_sd": float(np.std(gains, ddof=1)) if len(gains) > 1 else None}
+            precision = [first_last(r["diagnostics"], "pick_precision") for r in rows]
+            agg["pick_precision_first"] = [a for a, _ in precision]
+            agg["pick_precision_last"] = [b for _, b in precision]
+            agg["missed_picked_right_first"] = [first_last(r["diagnostics"], "missed_picked_right")[0] for r in rows]
+            entry["rows"][n] = agg
+        table[n_full] = entry
+    summary = {"points": len(points), "table": table, "machine": describe()}
+    from .data.atomic import atomic_write
+
+    atomic_write(os.path.join(out, "study.json"), lambda f: f.write(json.dumps(summary, indent=1).encode()))
+    text = markdown(summary)
+    atomic_write(os.path.join(out, "study.md"), lambda f: f.write(text.encode()))
+    figure(summary, points, os.path.join(out, "study.png"))
+    return summary
+
+
+def _fmt_list(values, fmt="%.3f"):
+    return " / ".join("-" if v is None else fmt % v for v in values)
+
+
+def markdown(summary):
+    m = summary["machine"]
+    lines = ["# DeepEM regime study", "",
+             "Gain = test CPM minus the baseline's (paired, same scans), per seed; val = validation CPM of the "
+             "selected model (what settings were chosen on); pick precision = share of the E-step's picks within "
+             "a true nodule's radius at the first / last E-step; missed = share of the nodules the initial "
+             "detector misses at 1 FP/scan whose label got a right pick at the first E-step.", ""]
+    for n_full, entry in sorted(summary["table"].items(), key=lambda kv: int(kv[0])):
+        lines += ["## %s fully labelled scans (weak %d), seeds %s" % (n_full, 3 * int(n_full),
+                                                                    _fmt_list(entry["seeds"], "%d")),
+                  "", "Initial detector's validation CPM: %s; minutes per point: %s" % (
+                      _fmt_list(entry["init_val_cpm"]), _fmt_list(entry["minutes"], "%.1f")), "",
+                  "| variant | test CPM | gain mean +- sd | gain per seed | val CPM | pick precision first -> last "
+                  "| missed picked right |", "|---|---|---|---|---|---|---|"]
+        for n, a in entry["rows"].items():
+            gain = "" if a["gain_mean"] is None else "%+.3f +- %s" % (
+                a["gain_mean"], "-" if a["gain_sd"] is None else "%.3f" % a["gain_sd"])
+            pp = " / ".join("%s -> %s" % ("-" if f is None else "%.2f" % f, "-" if l is None else "%.2f" % l)
+                            for f, l in zip(a["pick_precision_first"], a["pick_precision_last"]))
+            lines.append("| %s | %s | %s | %s | %s | %s | %s |" % (
+                VARIANTS[n].label, _fmt_list(a["test_cpm"]), gain, _fmt_list(a["gain"], "%+.3f"),
+                _fmt_list(a["val_cpm"]), pp if VARIANTS[n].kind == "em" else "",
+                _fmt_list(a["missed_picked_right_first"], "%.2f") if VARIANTS[n].kind == "em" else ""))
+        lines.append("")
+    lines.append("Machine: %s, %d cores, torch %s (%d threads)." % (m["cpu"], m["cores"], m["torch"],
+                                                                   m["torch_threads"]))
+    return "\n".join(lines) + "\n"
+
+
+def figure(summary, points, path):
+    """Left: gain +- sd over seeds against n_full per variant. Right: first E-step pick precision
+    against the initial detector's validation CPM, one dot per EM run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .data.atomic import atomic_write
+
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4))
+    ns = sorted(int(n) for n in summary["table"])
+    names = [n for n in VARIANTS if n != "baseline" and any(n in e["rows"] for e in summary["table"].values())]
+    for k, n in enumerate(names):
+        xs, ys, es = [], [], []
+        for n_full in ns:
+            a = summary["table"][n_full]["rows"].get(n) if n_full in summary["table"] else \
+                summary["table"][str(n_full)]["rows"].get(n)
+            if a and a["gain_mean"] is not None:
+                xs.append(n_full * (1 + 0.02 * (k - len(names) / 2)))
+                ys.append(a["gain_mean"])
+                es.append(a["gain_sd"] or 0.0)
+        ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=VARIANTS[n].label)
+    ax.axhline(0, color="k", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_xticks(ns)
+    ax.set_xticklabels([str(n) for n in ns])
+    ax.set_xlabel("fully labelled scans (weak = 3x)")
+    ax.set_ylabel("test CPM gain over the baseline")
+    ax.legend(fontsize=6)
+    for p in points:
+        for n, r in p["rows"].items():
+            v = VARIANTS[n]
+            if v.kind == "em" and not (v.truth or v.negatives_only or v.diagnostic) and r["diagnostics"]:
+                bx.scatter(p["init_val_cpm"], r["diagnostics"][0].get("pick_precision"), s=14,
+                           label=VARIANTS[n].label)
+    handles, labels = bx.get_legend_handles_labels()
+    unique = dict(zip(labels, handles))
+    bx.legend(unique.values(), unique.keys(), fontsize=6)
+    bx.set_xlabel("initial detector's validation CPM")
+    bx.set_ylabel("first E-step pick precision")
+    bx.set_ylim(0, 1)
+    fig.tight_layout()
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
+    plt.close(fig)
+
+
+def main(out, n_full=(16, 32, 64), seeds=(0, 1), variants=DEFAULT_VARIANTS, workers=2, base=demo.DEFAULT):
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise ValueError("unknown variant(s) %s (known: %s)" % (", ".join(unknown), ", ".join(VARIANTS)))
+    if "baseline" not in variants:
+        variants = ("baseline",) + tuple(variants)
+    for n in n_full:
+        for seed in seeds:
+            run_point(point_dir(out, n, seed), n, seed, variants, workers, base)
+            summarize(out)
+    summary = summarize(out)
+    print(markdown(summary))
+    return 0
+
+
+def parse_settings(items, base: demo.Settings) -> demo.Settings:
+    """['n_val=24', 'nodule_extra_mean=2'] -> base with those Settings fields replaced."""
+    import dataclasses
+
+    import yaml
+
+    kinds = {f.name: f.type for f in dataclasses.fields(base)}
+    changes = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ValueError("--setting expects name=value, got '%s'" % item)
+        name, text = item.split("=", 1)
+        if name not in kinds:
+            raise ValueError("unknown demo setting '%s' (known: %s)" % (name, ", ".join(kinds)))
+        value = yaml.safe_load(text)
+        current = getattr(base, name)
+        if isinstance(current, tuple):
+            value = tuple(value)
+        elif isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, type(current)):
+            raise ValueError("demo setting '%s' must be %s, got %r" % (name, type(current).__name__, value))
+        changes[name] = value
+    return replace(base, **changes)

@@ -1,0 +1,113 @@
+"""deepem.diagnostics and deepem.study: pick statistics against the truth, the nodules an
+initial detector misses at 1 FP per scan, the truth / negatives-only E-steps, that diagnostics
+leave an EM run bit-identical, and the study's settings, tables and figure."""
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from deepem import demo, diagnostics, study
+from deepem.em import EStepResult, em_fit
+from deepem.train import checkpoint
+from test_em_options import data  # noqa: F401  (the tiny data set and init checkpoint)
+from test_em import em_config
+
+
+def test_missed_at_one_fp_uses_the_operating_point_over_all_scans():
+    truth = {"a": np.array([[0.0, 0, 0, 10], [50.0, 0, 0, 10]]), "b": np.array([[0.0, 0, 0, 10]])}
+    marks = {"a": np.array([[0.0, 0, 1, 0.9], [30.0, 0, 0, 0.8], [50.0, 0, 0, 0.3]]),  # hit, FP, hit
+             "b": np.array([[80.0, 0, 0, 0.7], [0.0, 1, 0, 0.2], [90.0, 0, 0, 0.1]])}  # FP, hit, FP
+    # false positives by score 0.8, 0.7, 0.1: the 2nd (2 scans) sets the cut at 0.7
+    got = diagnostics.missed_at_one_fp(marks, truth)
+    assert got["a"].tolist() == [False, True] and got["b"].tolist() == [True]
+    assert diagnostics.missed_at_one_fp({}, truth)["a"].tolist() == [True, True]
+
+
+def test_pick_diagnostics_count_right_picks_against_the_truth(data):  # noqa: F811
+    root, _ = data
+    weak = ["scan03", "scan04", "scan05"]
+    truth = {u: diagnostics.true_boxes(root, u)[1] for u in weak}  # identity geometry: world = grid
+    t = truth["scan03"]  # two nodules
+    rows = [["scan03", 0, 0, *t[0, :3], 5.0, 0.5, t[0, 2], 0],            # on its own nodule
+            ["scan03", 1, 0, *(t[0, :3] + 0.1), 5.0, 0.5, t[1, 2], 0],    # on the other nodule
+            ["scan04", 0, 0, *(truth["scan04"][0, :3] + 100), 5.0, 0.5, 0, 0]]  # on nothing
+    est = EStepResult({u: np.zeros((0, 4)) for u in ("scan03", "scan04")}, {}, rows, torch.zeros(0, 3),
+                      torch.zeros(0, dtype=torch.long))
+    missed = {"scan03": np.array([False, True]), "scan04": np.array([True]), "scan05": np.array([True, True])}
+    out = diagnostics.PickDiagnostics(root, weak, missed)(0, est)
+    assert out["picks"] == 3 and out["labels"] == 3
+    assert out["pick_precision"] == pytest.approx(2 / 3) and out["label_recall"] == pytest.approx(1 / 3)
+    assert out["missed_by_init"] == 2 and out["missed_picked_right"] == 0.0
+
+
+def test_truth_and_negatives_estep_and_diagnostics_change_nothing(data, tmp_path):  # noqa: F811
+    root, init = data
+    weak = ["scan03", "scan04", "scan05"]
+    config = lambda out: em_config(root, ["run.out=" + str(out), "optim.epochs=2", "em.method=map"])  # noqa
+    em_fit(config(tmp_path / "plain"), init=init)
+    observer = diagnostics.PickDiagnostics(root, weak)
+    em_fit(config(tmp_path / "observed"), init=init, observer=observer)
+    a, b = (checkpoint.load(tmp_path / n / "last.pt") for n in ("plain", "observed"))
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    for epoch in range(2):
+        name = "pseudo_boxes/epoch_%03d.csv" % epoch
+        assert (tmp_path / "plain" / name).read_bytes() == (tmp_path / "observed" / name).read_bytes()
+    diag = [json.loads(line) for line in open(tmp_path / "observed" / "metrics.jsonl") if '"diagnostics"' in line]
+    assert [d["epoch"] for d in diag] == [0, 1] and all(0 <= d["pick_precision"] <= 1 for d in diag)
+    assert os.path.isfile(diagnostics.picks_plot(str(tmp_path / "observed")))
+
+    em_fit(config(tmp_path / "truth"), init=init, estep=diagnostics.truth_estep)
+    state = checkpoint.load(tmp_path / "truth" / "last.pt")
+    for uid in state["em"]["boxes"]:  # sampled scans got their true boxes as pseudo boxes
+        assert np.array_equal(state["em"]["boxes"][uid].numpy(), np.load(os.path.join(root, uid + "_label.npy")))
+    em_fit(config(tmp_path / "negatives"), init=init, estep=diagnostics.negatives_estep)
+    records = [json.loads(line) for line in open(tmp_path / "negatives" / "metrics.jsonl")]
+    epochs = [r for r in records if r["kind"] == "epoch"]
+    assert all("weak" in e and e["weak"]["num_pos"] == 0 for e in epochs)  # weak crops, negatives only
+
+
+def test_perturbed_truth_moves_each_box_by_the_given_geometry(data):  # noqa: F811
+    root, _ = data
+    config = em_config(root, ["run.seed=3"])
+    est = diagnostics.perturbed_truth_estep(scale=1.5, offset=0.5)(None, root, ["scan04"], config, None, 0, None)
+    true = np.load(os.path.join(root, "scan04_label.npy"))
+    got = est.boxes["scan04"]
+    np.testing.assert_allclose(got[:, 3], 1.5 * true[:, 3], rtol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(got[:, :3] - true[:, :3], axis=1), 0.25 * true[:, 3], rtol=1e-4)
+
+
+def test_study_settings_and_point_settings():
+    base = study.parse_settings(["n_val=24", "nodule_extra_mean=2", "lr_milestones=[0.5]"], demo.DEFAULT)
+    assert base.n_val == 24 and base.nodule_extra_mean == 2.0 and base.lr_milestones == (0.5,)
+    for bad in (["nosuch=1"], ["n_val=two"], ["n_val"]):
+        with pytest.raises(ValueError):
+            study.parse_settings(bad, demo.DEFAULT)
+    s = study.point_settings(64, base)
+    assert (s.n_full, s.n_weak, s.em_fraction) == (64, 192, pytest.approx(1 / 3))
+    assert study.point_settings(16, base).em_fraction == 1.0
+
+
+def test_summary_tables_and_figure_from_points(tmp_path):
+    def point(n_full, seed, gains):
+        rows = {"baseline": {"test_cpm": 0.5, "val_cpm_best": 0.5, "diagnostics": []}}
+        for name, g in gains.items():
+            diag = [{"pick_precision": 0.4, "missed_picked_right": 0.1}, {"pick_precision": 0.6}]
+            rows[name] = {"test_cpm": 0.5 + g, "gain": g, "val_cpm_best": 0.5, "diagnostics": diag}
+        folder = tmp_path / ("n%03d_s%d" % (n_full, seed))
+        folder.mkdir()
+        (folder / "point.json").write_text(json.dumps({"n_full": n_full, "seed": seed, "init_val_cpm": 0.3,
+                                                       "seconds_total": 600.0, "rows": rows}))
+    point(16, 0, {"baseline_rerun": 0.01, "map": 0.05})
+    point(16, 1, {"baseline_rerun": -0.03, "map": 0.07})
+    point(32, 0, {"baseline_rerun": 0.02, "map": 0.01})
+    summary = study.summarize(str(tmp_path))
+    row = summary["table"][16]["rows"]["map"]
+    assert row["gain"] == [0.05, 0.07] and row["gain_mean"] == pytest.approx(0.06)
+    assert row["gain_sd"] == pytest.approx(np.std([0.05, 0.07], ddof=1))
+    assert row["pick_precision_first"] == [0.4, 0.4] and row["pick_precision_last"] == [0.6, 0.6]
+    text = (tmp_path / "study.md").read_text()
+    assert "+0.060 +- 0.014" in text and "| 0.40 -> 0.60 / 0.40 -> 0.60 |" in text
+    assert (tmp_path / "study.png").stat().st_size > 10000
