@@ -18,7 +18,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
@@ -32,7 +32,14 @@ COMPARED = ("baseline_rerun", "deepem_map", "deepem_sampling")  # rows with a pa
 LABELS = {"baseline": "Baseline (full only)", "baseline_rerun": "Baseline, 2nd training seed (noise control)",
           "deepem_map": "DeepEM MAP", "deepem_sampling": "DeepEM sampling (k=2)",
           "oracle": "Oracle (weak scans' true boxes)"}
+DEEPEM_ROWS = ("deepem_map", "deepem_sampling")
 RERUN_SEED_OFFSET = 100  # the noise control's training seed: seed + this
+# The DeepEM rows' options beyond the paper (deepem.em; docs/deepem-study.md says how validation
+# chose them): the E-step calibrated on the validation scans, a frozen initial teacher, the weak
+# loss x the pick's posterior, full and weak crops in every batch, pseudo boxes for
+# classification only, the box's z from the labelled slice. `deepem demo --paper` drops them.
+REMEDIES = (("calibrate", "val"), ("teacher", "init"), ("weighted", True), ("mix", True),
+            ("pseudo_regression", False), ("box_z_from_label", True))
 
 
 @dataclass
@@ -63,16 +70,18 @@ class Settings:
     num_neg: int
     nodule_p_none: float = 0.25  # phantom: share of scans without a nodule (LUNA16-like) ...
     nodule_extra_mean: float = 1.0  # ... else 1 + Poisson(this) nodules
+    em_options: tuple = ()  # (key, value) pairs of em.* settings beyond the paper for the DeepEM rows
 
 
 QUICK = Settings(n_full=3, n_weak=3, n_val=2, n_test=4, width=0.125, crop=32, batch=4, optimizer="adamw", lr=0.01,
                  lr_milestones=(), lr_factors=(), dropout=0.0, random_fraction=0.1, init_epochs=1, em_epochs=1, steps=3,
                  weak_steps=1, em_fraction=1.0, lobe_lr_factor=300.0, weight_draws=True, select="loss", tile=128,
-                 margin=8, num_neg=100)
-DEFAULT = Settings(n_full=16, n_weak=48, n_val=12, n_test=50, width=0.25, crop=32, batch=8, optimizer="adamw", lr=1e-3,
+                 margin=8, num_neg=100, em_options=REMEDIES)
+DEFAULT = Settings(n_full=16, n_weak=48, n_val=24, n_test=50, width=0.25, crop=32, batch=8, optimizer="adamw", lr=1e-3,
                    lr_milestones=(1 / 3, 2 / 3), lr_factors=(0.3, 0.1), dropout=0.0, random_fraction=0.1,
-                   init_epochs=3, em_epochs=3, steps=125, weak_steps=62, em_fraction=1.0, lobe_lr_factor=300.0,
-                   weight_draws=True, select="cpm", tile=128, margin=8, num_neg=200)
+                   init_epochs=6, em_epochs=3, steps=125, weak_steps=62, em_fraction=1.0, lobe_lr_factor=300.0,
+                   weight_draws=True, select="cpm", tile=128, margin=8, num_neg=200, nodule_p_none=0.0,
+                   nodule_extra_mean=2.0, em_options=REMEDIES)
 FULL = Settings(n_full=60, n_weak=240, n_val=40, n_test=100, width=1.0, crop=96, batch=32, optimizer="sgd", lr=1e-3,
                 lr_milestones=(0.5, 0.75), lr_factors=(0.5, 0.1), dropout=0.5, random_fraction=0.3, init_epochs=40,
                 em_epochs=40, steps=100, weak_steps=50, em_fraction=1 / 16, lobe_lr_factor=10.0, weight_draws=False,
@@ -160,7 +169,8 @@ def train_config(out_dir, data_dir, s: Settings, seed, em=None, train_split="ful
     if em is not None:
         values["em"] = {"method": em, "k": 2, "fraction": s.em_fraction, "weak_steps": s.weak_steps,
                         "full_steps": s.steps - s.weak_steps,
-                        "lobe_lr_factor": s.lobe_lr_factor, "weighted": em == "sample" and s.weight_draws}
+                        "lobe_lr_factor": s.lobe_lr_factor, "weighted": em == "sample" and s.weight_draws,
+                        **dict(s.em_options)}
     return cfg.load_config(extra=cfg.merge(values, extra or {}))
 
 
@@ -209,9 +219,30 @@ def evaluate_methods(out, s: Settings, raw, pre, test_uids):
                         "p_gain_positive": float(cmp["p_positive"]),
                         "gap_closed": float(cmp["diff"] / gap) if gap > 0 else None})
         table[method] = row
-    plots.froc_plot(os.path.join(out, "froc.png"), {LABELS[m]: results[m] for m in METHODS},
+    plots.froc_plot(os.path.join(out, "froc.png"), {label(m, asdict(s)): results[m] for m in METHODS},
                     title="DeepEM phantom benchmark, %d test scans" % len(test_uids))
     return table
+
+
+def label(method, settings):
+    """A row's name; the DeepEM rows say when they run options beyond the paper."""
+    remedies = method in DEEPEM_ROWS and settings.get("em_options")
+    return LABELS[method] + (" + remedies" if remedies else " (paper)" if method in DEEPEM_ROWS else "")
+
+
+def check_same_settings(out, s: Settings, seed):
+    """Finished stages are reused, so a folder must hold one setting: refuse another one."""
+    path = os.path.join(out, "settings.json")
+    ours = json.loads(json.dumps({"seed": seed, **asdict(s)}))  # tuples as lists, as read back
+    if os.path.isfile(path):
+        with open(path) as f:
+            theirs = json.load(f)
+        if theirs != ours:
+            changed = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
+            raise ValueError("%s holds a demo run with other settings (%s differ); give another --out or remove it"
+                             % (out, ", ".join(changed)))
+    else:
+        atomic_write(path, lambda f: f.write(json.dumps(ours, indent=1).encode()))
 
 
 def run_once(out, s: Settings, seed, workers):
@@ -220,6 +251,7 @@ def run_once(out, s: Settings, seed, workers):
     from .train.trainer import fit
 
     os.makedirs(out, exist_ok=True)
+    check_same_settings(out, s, seed)
     remove_stale_temps(out, recursive=True)
     times = {}
     pre, raw = os.path.join(out, "preprocessed"), os.path.join(out, "raw")
@@ -257,7 +289,7 @@ def markdown(results, title):
             gain = "%+.3f [%+.3f, %+.3f]" % (r["gain_cpm"], *r["gain_ci95"])
             p = "%.3f" % r["p_gain_positive"]
             gap = "" if r["gap_closed"] is None else "%.0f%%" % (100 * r["gap_closed"])
-        lines.append("| %s | %s | %.3f | %s | %s | %s |" % (LABELS[m], " | ".join("%.3f" % v for v in r["sensitivity"]),
+        lines.append("| %s | %s | %.3f | %s | %s | %s |" % (label(m, results["settings"]), " | ".join("%.3f" % v for v in r["sensitivity"]),
                                                           r["cpm"], gain, p, gap))
     lines += ["", "The noise control is the baseline trained again with only its training seed changed: a DeepEM "
               "gain means something only where it clearly exceeds that row's.",
@@ -291,7 +323,23 @@ def aggregate(runs):
     return out
 
 
-def main(out, seed=0, seeds=1, quick=False, full=False, workers=2):
+def verdict(methods):
+    """The issue's test of an effect over seeds, per DeepEM row: positive on most seeds, mean
+    above twice its standard error, and above the noise control's mean absolute gain."""
+    noise = float(np.mean(np.abs(methods["baseline_rerun"]["gain_per_seed"])))
+    lines = []
+    for m in DEEPEM_ROWS:
+        gains = np.asarray(methods[m]["gain_per_seed"])
+        se = float(np.std(gains, ddof=1) / np.sqrt(len(gains)))
+        positive, mean = int((gains > 0).sum()), float(gains.mean())
+        holds = positive >= len(gains) - 1 and mean > 2 * se and mean > noise
+        lines.append("%s: gain %+.3f (standard error %.3f), positive on %d of %d seeds, noise control's mean "
+                     "|gain| %.3f: %s." % (LABELS[m], mean, se, positive, len(gains), noise,
+                                           "an effect" if holds else "no effect shown"))
+    return lines
+
+
+def main(out, seed=0, seeds=1, quick=False, full=False, workers=2, paper=False):
     if full:
         import torch
 
@@ -300,6 +348,8 @@ def main(out, seed=0, seeds=1, quick=False, full=False, workers=2):
                   "none is available here. Run the default (2-CPU) demo instead.", file=sys.stderr)
             return 2
     s = QUICK if quick else FULL if full else DEFAULT
+    if paper:  # the paper's E- and M-step: no option beyond it
+        s = replace(s, em_options=())
     runs = []
     for k in range(seeds):
         folder = out if seeds == 1 else os.path.join(out, "seed_%d" % (seed + k))
@@ -313,9 +363,10 @@ def main(out, seed=0, seeds=1, quick=False, full=False, workers=2):
             a = summary["methods"][m]
             gain = "%+.3f +- %.3f" % (a["gain_mean"], a["gain_sd"]) if "gain_mean" in a else ""
             per_gain = " / ".join("%+.3f" % g for g in a.get("gain_per_seed", []))
-            lines.append("| %s | %.3f +- %.3f | %s | %s | %s |" % (LABELS[m], a["cpm_mean"], a["cpm_sd"], gain,
+            lines.append("| %s | %.3f +- %.3f | %s | %s | %s |" % (label(m, runs[0]["settings"]), a["cpm_mean"], a["cpm_sd"], gain,
                                                                  " / ".join("%.3f" % c for c in a["cpm_per_seed"]),
                                                                  per_gain))
+        lines += [""] + verdict(summary["methods"])
         m = describe()
         lines += ["", "Seeds %s; total %.0f s (%.1f min). Machine: %s, %d cores, torch %s (%d threads)."
                   % (summary["seeds"], summary["seconds_total"], summary["seconds_total"] / 60, m["cpu"], m["cores"],

@@ -37,6 +37,9 @@ class Variant:
     diagnostic: str = ""  # em: right_only | perturbed_truth (deepem.diagnostics E-steps reading the truth)
 
 
+# Every remedy at once (deepem.em options): what the demo's DeepEM rows use.
+REMEDIES = dict(demo.REMEDIES)
+
 # The paper's method is `map` / `sample`; every other EM row switches on remedies (deepem.em).
 VARIANTS = {
     "baseline": Variant("sup", "Baseline (full only)"),
@@ -70,6 +73,17 @@ VARIANTS = {
     "map_cal_init_z_cls": Variant("em", "MAP, calibrated (with box scale), init teacher, box z from the label, "
                                   "classification only", em={"calibrate": "val", "teacher": "init",
                                                              "box_z_from_label": True, "pseudo_regression": False}),
+    "em_negatives_mix": Variant("em", "weak scans as negatives only, mixed batches", negatives_only=True,
+                                em={"mix": True}),
+    "em_truth_perturbed_cls": Variant("em", "em_truth with the proposals' geometry errors, classification only",
+                                      diagnostic="perturbed_truth", em={"pseudo_regression": False}),
+    "map_all": Variant("em", "MAP + calibrated E-step, init teacher, loss x posterior, mixed, cls only, z from label",
+                       em=dict(REMEDIES)),
+    "sample_all": Variant("em", "sampling + the same remedies", method="sample", em=dict(REMEDIES)),
+    "map_all_ema": Variant("em", "MAP + the same remedies, EMA teacher",
+                           em={**REMEDIES, "teacher": "ema", "ema_decay": 0.99}),
+    "map_cal_init_w_mix": Variant("em", "MAP, calibrated, init teacher, loss x posterior, mixed batches",
+                                  em={"calibrate": "val", "teacher": "init", "weighted": True, "mix": True}),
     "sample_cal_init": Variant("em", "sampling, calibrated, frozen initial teacher", method="sample",
                                em={"calibrate": "val", "teacher": "init"}),
 }
@@ -79,9 +93,10 @@ DEFAULT_VARIANTS = ("baseline", "baseline_rerun", "oracle", "em_truth", "map", "
 
 def point_settings(n_full: int, base: demo.Settings = demo.DEFAULT) -> demo.Settings:
     """The demo's default with n_full fully labelled and 3 n_full weak scans; the E-step sees
-    at most 64 weak scans an epoch (a seeded share), so that a point fits in 45 minutes."""
+    at most 64 weak scans an epoch (a seeded share), so that a point fits in 45 minutes. Every
+    EM option comes from the variant (none from the demo's own em_options)."""
     n_weak = 3 * n_full
-    return replace(base, n_full=n_full, n_weak=n_weak, em_fraction=min(1.0, 64.0 / n_weak))
+    return replace(base, n_full=n_full, n_weak=n_weak, em_fraction=min(1.0, 64.0 / n_weak), em_options=())
 
 
 def point_dir(out, n_full, seed):
@@ -163,19 +178,24 @@ def run_point(out, n_full, seed, variants=DEFAULT_VARIANTS, workers=2, base=demo
     demo.run_stage(out, "init", lambda d: fit(demo.train_config(d, pre, s, seed, init=True), resume="auto"), times)
     with open(os.path.join(pre, "splits.json")) as f:
         test_uids = json.load(f)["test"]
-    rows = {}
     for name in variants:
         v = VARIANTS[name]
-        record = demo.run_stage(out, name, lambda d, name=name, v=v: run_variant(
+        demo.run_stage(out, name, lambda d, name=name, v=v: run_variant(
             out, s, seed, name, v, init_ckpt, lambda: weak_missed(out, s, init_ckpt)), times)
         t0 = time.perf_counter()
         test_marks(out, s, name, test_uids)
         times[name] += time.perf_counter() - t0
+    # every variant finished in this folder, by this run or an earlier one with other variants
+    rows, done = {}, [n for n in VARIANTS if demo.Stage(out, n).done() and
+                      os.path.isfile(os.path.join(out, n, "test_marks.csv"))]
+    for name in done:
+        record = demo.Stage(out, name).done()
         rows[name] = {k: v for k, v in record.items() if k != "seconds"}
+        times.setdefault(name, record["seconds"])
     annotations = tables.read_annotations(os.path.join(raw, "annotations.csv"))
     excluded = tables.read_annotations(os.path.join(raw, "annotations_excluded.csv"), excluded=True)
-    marks = {n: read_marks(os.path.join(out, n, "test_marks.csv")) for n in variants}
-    for name in variants:
+    marks = {n: read_marks(os.path.join(out, n, "test_marks.csv")) for n in done}
+    for name in done:
         r = froc.evaluate(marks[name], annotations, test_uids, excluded=excluded, bootstrap=0)
         rows[name].update(test_cpm=float(r.cpm), test_sensitivity=[float(v) for v in r.sensitivity])
         if name != "baseline" and "baseline" in marks:

@@ -111,3 +111,19 @@ def test_summary_tables_and_figure_from_points(tmp_path):
     text = (tmp_path / "study.md").read_text()
     assert "+0.060 +- 0.014" in text and "| 0.40 -> 0.60 / 0.40 -> 0.60 |" in text
     assert (tmp_path / "study.png").stat().st_size > 10000
+
+
+def test_point_settings_take_no_em_option_from_the_demo():
+    base = demo.Settings(**{**demo.DEFAULT.__dict__, "em_options": (("teacher", "init"),)})
+    assert study.point_settings(16, base).em_options == ()
+
+
+def test_a_point_run_again_with_other_variants_keeps_the_finished_ones(tmp_path):
+    """Stages resume, and point.json reports every finished variant, not only this call's."""
+    out = str(tmp_path / "point")
+    first = study.run_point(out, 2, 0, variants=("baseline",), base=demo.QUICK)
+    assert set(first["rows"]) == {"baseline"}
+    second = study.run_point(out, 2, 0, variants=("baseline_rerun",), base=demo.QUICK)
+    assert set(second["rows"]) == {"baseline", "baseline_rerun"}
+    assert second["rows"]["baseline"]["test_cpm"] == first["rows"]["baseline"]["test_cpm"]
+    assert "gain" in second["rows"]["baseline_rerun"]
