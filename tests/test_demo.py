@@ -5,9 +5,12 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 import yaml
+
+from deepem import demo as demo_module  # `demo` is the quick run's fixture
 
 pytest.importorskip("SimpleITK")
 METHODS = ("baseline", "baseline_rerun", "deepem_map", "deepem_sampling", "oracle")
@@ -100,3 +103,32 @@ def test_noise_control_differs_from_the_baseline_only_in_its_training_seed(tmp_p
                    for seed in (0, demo.RERUN_SEED_OFFSET))
     assert (base["run"].pop("seed"), rerun["run"].pop("seed")) == (0, demo.RERUN_SEED_OFFSET)
     assert base == rerun
+
+
+def test_a_folder_refuses_a_demo_run_with_other_settings(tmp_path):
+    demo_module.check_same_settings(str(tmp_path), demo_module.QUICK, 0)
+    demo_module.check_same_settings(str(tmp_path), demo_module.QUICK, 0)  # the same settings: resumes
+    with pytest.raises(ValueError, match="em_options"):
+        demo_module.check_same_settings(str(tmp_path), replace(demo_module.QUICK, em_options=()), 0)
+    with pytest.raises(ValueError, match="seed"):
+        demo_module.check_same_settings(str(tmp_path), demo_module.QUICK, 1)
+
+
+def test_verdict_applies_the_three_conditions_over_seeds():
+    def methods(map_gains, sampling_gains, noise):
+        return {"baseline_rerun": {"gain_per_seed": noise}, "deepem_map": {"gain_per_seed": map_gains},
+                "deepem_sampling": {"gain_per_seed": sampling_gains}}
+
+    noise = [0.01, -0.01, 0.02, -0.02]  # mean |gain| 0.015
+    lines = demo_module.verdict(methods([0.03, 0.04, 0.02, -0.001], [0.03, 0.04, 0.02, 0.03], noise))
+    assert lines[0].endswith("an effect.") and "positive on 3 of 4" in lines[0]
+    assert lines[1].endswith("an effect.")
+    # two negative seeds; a mean below the noise's; a mean inside twice its standard error
+    for gains in ([0.05, 0.05, -0.01, -0.01], [0.012, 0.012, 0.012, 0.013], [0.10, 0.001, 0.001, -0.001]):
+        assert demo_module.verdict(methods(gains, gains, noise))[0].endswith("no effect shown.")
+
+
+def test_rows_say_whether_they_run_the_paper_or_the_remedies():
+    assert demo_module.label("deepem_map", {"em_options": []}) == "DeepEM MAP (paper)"
+    assert demo_module.label("deepem_map", {"em_options": [["teacher", "init"]]}) == "DeepEM MAP + remedies"
+    assert demo_module.label("oracle", {"em_options": [["teacher", "init"]]}) == demo_module.LABELS["oracle"]
