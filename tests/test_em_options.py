@@ -113,6 +113,33 @@ def test_teachers_student_frozen_and_ema():
         Teacher("peer", student)
 
 
+def test_a_frozen_teacher_detects_each_scan_once(data):
+    """teacher = init keeps its proposals: a second E-step over the same scans and slices gives
+    the same proposals without running the network; other slices detect again."""
+    from deepem.em.estep import detect_proposals
+
+    root, init = data
+    student = Res18(0.125)
+    student.load_state_dict(checkpoint.load(init)["model"])
+    teacher = Teacher("init", student)
+    config = em_config(root, ["em.threshold=-20"])
+    uids = ["scan03", "scan04"]
+    weak_z = {u: datasets.load_weak(root, u)[:, 0] for u in uids}
+    calls = {"n": 0}
+    teacher.model.register_forward_hook(lambda *a: calls.__setitem__("n", calls["n"] + 1))
+    first, _ = detect_proposals(teacher.model, root, uids, weak_z, config, distributed.Context())
+    runs = calls["n"]
+    again, _ = detect_proposals(teacher.model, root, uids, weak_z, config, distributed.Context())
+    assert runs > 0 and calls["n"] == runs
+    plain = Teacher("student", student).model
+    assert not hasattr(plain, "proposal_cache")
+    uncached, _ = detect_proposals(plain, root, uids, weak_z, config, distributed.Context())
+    for u in uids:
+        assert len(first[u]) > 0 and torch.equal(first[u], again[u]) and torch.equal(first[u], uncached[u])
+    detect_proposals(teacher.model, root, uids, {u: z + 1.0 for u, z in weak_z.items()}, config, distributed.Context())
+    assert calls["n"] == 2 * runs
+
+
 # ---- calibration rules ---------------------------------------------------------------------
 
 def test_best_min_posterior_maximises_right_minus_wrong():

@@ -34,16 +34,17 @@ def weights(path):
     return checkpoint.load(path)["model"]
 
 
-@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
-def test_resume_is_bit_identical(data, tmp_path, optimizer):
-    more = ["optim.name=" + optimizer]
+@pytest.mark.parametrize("optimizer,ema", [("sgd", 0.0), ("adamw", 0.0), ("adamw", 0.9)])
+def test_resume_is_bit_identical(data, tmp_path, optimizer, ema):
+    more = ["optim.name=" + optimizer, "optim.ema_decay=%g" % ema]
     fit(config(data, tmp_path / "whole", epochs=3, more=more))
     fit(config(data, tmp_path / "split", epochs=3, more=more), stop_at=2)
     fit(config(data, tmp_path / "split", epochs=3, more=more), resume="auto")
-    a, b = weights(tmp_path / "whole" / "last.pt"), weights(tmp_path / "split" / "last.pt")
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
+    for key in ("model", "student") if ema else ("model",):
+        a, b = (checkpoint.load(tmp_path / run / "last.pt")[key] for run in ("whole", "split"))
+        assert a.keys() == b.keys()
+        for k in a:
+            assert torch.equal(a[k], b[k]), (key, k)
     lines = [json.loads(l) for l in open(tmp_path / "split" / "metrics.jsonl")]
     assert [l["epoch"] for l in lines if l["kind"] == "epoch"] == [0, 1, 2]
     for name in ("config.yaml", "loss.png", "best.pt"):
@@ -140,3 +141,38 @@ def test_weak_z_band_scales_with_the_crop(data, tmp_path):
         t.train_step(batch, 0, 0)
     torch.testing.assert_close(seen[0][0], torch.tensor([[5.0, 15.0]]))
     torch.testing.assert_close(seen[0][1], torch.tensor([[-2.25, 10.25], [13.75, 26.25]]))
+
+
+def test_weight_average_is_validated_and_saved_and_follows_the_ema_rule(data, tmp_path):
+    """optim.ema_decay: every step moves the average by the warm-up EMA rule (a float64
+    reference here); the checkpoint's model is the average, its student the trained weights;
+    an init starts both from the init's weights."""
+    from deepem.train.ema import WeightAverage
+
+    decay = 0.8
+    cfg = config(data, tmp_path / "ema", epochs=1, more=["optim.ema_decay=%g" % decay])
+    t = Trainer(cfg)
+    seen = []
+    t.after_step.insert(0, lambda: seen.append({k: v.double().clone() for k, v in t.model.state_dict().items()}))
+    start = {k: v.double().clone() for k, v in t.model.state_dict().items()}
+    fit(cfg, trainer=t)
+    counters = {n for n, v in t.model.state_dict().items() if not v.is_floating_point()}  # copied, not averaged
+    ref = start
+    for k, student in enumerate(seen):
+        d = min(decay, (1.0 + k) / (10.0 + k))
+        ref = {n: (student[n] if n in counters else d * v + (1 - d) * student[n]) for n, v in ref.items()}
+    state = checkpoint.load(tmp_path / "ema" / "last.pt")
+    assert state["ema_updates"] == len(seen) == 2
+    for n, v in state["model"].items():
+        assert torch.allclose(v.double(), ref[n], rtol=1e-5, atol=1e-6), n
+        assert torch.equal(state["student"][n], t.model.state_dict()[n]), n
+    assert any(not torch.equal(state["model"][n], state["student"][n]) for n in state["model"])
+    t2 = Trainer(config(data, tmp_path / "ema2", epochs=1, more=["optim.ema_decay=0.5"]))
+    from deepem.train.trainer import load_init
+
+    load_init(t2, str(tmp_path / "ema" / "last.pt"))
+    assert t2.average.updates == 0
+    for n, v in t2.average.model.state_dict().items():
+        assert torch.equal(v, state["model"][n]) and torch.equal(t2.model.state_dict()[n], state["model"][n]), n
+    with pytest.raises(ValueError, match="decay"):
+        WeightAverage(t2.model, 1.0)

@@ -60,19 +60,29 @@ def scan_proposals(detector: Detector, image, weak_z: np.ndarray, threshold: flo
 def detect_proposals(model, data_dir: str, uids: list, weak_z: dict, config, ctx: distributed.Context):
     """({uid: proposals [P, 5]} of every scan, this rank's seconds of reading, network and
     post-processing): detection sharded over ranks, proposals all-gathered. weak_z: {uid:
-    the label slices whose windows keep proposals}. The model's train/eval mode is restored."""
+    the label slices whose windows keep proposals}. The model's train/eval mode is restored.
+    A model with a `proposal_cache` dict (a frozen teacher, deepem.em.teacher) keeps each
+    scan's proposals there and detects a scan again only under other settings or slices."""
     em, det = config.em, config.detect
+    cache = getattr(model, "proposal_cache", None)
     training = model.training
     detector = Detector(model, device=ctx.device, tile=det.tile, margin=det.margin, tile_batch=det.tile_batch,
                         amp=config.run.amp)
     mine, timings = {}, {"read": 0.0, "network": 0.0, "postprocess": 0.0}
     for i in range(ctx.rank, len(uids), ctx.world):
         uid = uids[i]
+        key = (data_dir, uid, tuple(np.asarray(weak_z[uid], np.float64).tolist()), em.threshold, em.z_window,
+               em.nms_iou, det.tile, det.margin, config.run.amp)
+        if cache is not None and key in cache:
+            mine[uid] = cache[key]
+            continue
         t0 = time.perf_counter()
         image, _ = load_preprocessed(data_dir, uid)  # the image only
         image = np.asarray(image)
         timings["read"] += time.perf_counter() - t0
         mine[uid] = scan_proposals(detector, image, weak_z[uid], em.threshold, em.z_window, em.nms_iou, timings)
+        if cache is not None:
+            cache[key] = mine[uid]
     proposals = {}
     for part in distributed.all_gather_object(mine, ctx):
         proposals.update(part)

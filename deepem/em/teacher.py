@@ -8,6 +8,8 @@ import copy
 
 import torch
 
+from ..train.ema import ema_update
+
 
 class Teacher:
     def __init__(self, kind: str, student: torch.nn.Module, decay: float = 0.999):
@@ -17,17 +19,15 @@ class Teacher:
         self.model = student if kind == "student" else copy.deepcopy(student)
         if self.model is not student:
             self.model.requires_grad_(False)
+        if kind == "init":  # its detections never change: each scan runs through it once (estep.detect_proposals)
+            self.model.proposal_cache = {}
 
     @torch.no_grad()
     def update(self) -> None:
         """One EMA step toward the student (teacher = ema; a no-op otherwise). Buffers (batch
         norm statistics) are copied."""
-        if self.kind != "ema":
-            return
-        for t, s in zip(self.model.parameters(), self.student.parameters()):
-            t.mul_(self.decay).add_(s.detach(), alpha=1.0 - self.decay)
-        for t, s in zip(self.model.buffers(), self.student.buffers()):
-            t.copy_(s)
+        if self.kind == "ema":
+            ema_update(self.model, self.student, self.decay, buffers="copy")
 
     def state_dict(self) -> dict:
         return {} if self.model is self.student else self.model.state_dict()

@@ -15,6 +15,7 @@ from ..data.atomic import atomic_write, remove_stale_temps
 from ..model import DetectionLoss, Res18
 from . import checkpoint, distributed
 from .config import TrainConfig, save_config, to_dict
+from .ema import WeightAverage
 from .sampling import EpochSampler
 
 
@@ -98,6 +99,17 @@ class Trainer:
         self.history = []
         self.out = config.run.out
         self.after_step = []  # called after every optimizer step (e.g. the EM teacher's EMA update)
+        # optim.ema_decay > 0: an average of the weights is what is validated, selected and saved as
+        # "model" (the trained weights are saved as "student", for resuming)
+        self.average = WeightAverage(self.model, o.ema_decay) if o.ema_decay > 0 else None
+        if self.average is not None:
+            self.after_step.append(lambda: self.average.update(self.model))
+
+    @property
+    def eval_model(self) -> torch.nn.Module:
+        """The weights that are validated and saved as the checkpoint's model: the average of
+        the weights with optim.ema_decay > 0, else the trained weights themselves."""
+        return self.model if self.average is None else self.average.model
 
     # ---- one pass -------------------------------------------------------------------------
     def autocast(self):
@@ -185,7 +197,8 @@ class Trainer:
         """Mean loss over the validation crops (one centred crop per nodule; fixed labelling seed)."""
         if len(dataset) == 0:
             return float("nan")
-        self.model.eval()
+        model = self.eval_model
+        model.eval()
         loader = torch.utils.data.DataLoader(dataset, batch_size=max(1, self.config.optim.batch_size // self.ctx.world),
                                              num_workers=self.config.data.workers, collate_fn=datasets.collate)
         total, n = 0.0, 0
@@ -193,7 +206,7 @@ class Trainer:
             if i % self.ctx.world != self.ctx.rank:
                 continue
             with self.autocast():
-                out = self.model(batch["image"].to(self.device), batch["coord"].to(self.device))
+                out = model(batch["image"].to(self.device), batch["coord"].to(self.device))
             r = self.loss(out, batch["boxes"], seed=step_seed(self.config.run.seed, 1 << 20, i, 0))
             total += float(r.total) * len(batch["boxes"])
             n += len(batch["boxes"])
@@ -209,7 +222,7 @@ class Trainer:
         from ..infer import Detector
 
         d = self.config.detect
-        det = Detector(self.model, device=self.device, tile=d.tile, margin=d.margin, tile_batch=d.tile_batch,
+        det = Detector(self.eval_model, device=self.device, tile=d.tile, margin=d.margin, tile_batch=d.tile_batch,
                        amp=self.config.run.amp, threshold=d.threshold, nms_iou=d.nms_iou,
                        min_diameter=d.min_diameter, max_marks=d.max_marks)
         marks, annotations = {}, {}
@@ -243,12 +256,22 @@ class Trainer:
             f.write(json.dumps(record) + "\n")
 
     def state(self) -> dict:
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scaler": self.scaler.state_dict(), "rng": rng_state(self.device), "epoch": self.epoch,
-                "best": self.best, "history": self.history, "config": to_dict(self.config)}
+        state = {"model": self.eval_model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "scaler": self.scaler.state_dict(), "rng": rng_state(self.device), "epoch": self.epoch,
+                 "best": self.best, "history": self.history, "config": to_dict(self.config)}
+        if self.average is not None:
+            state.update(student=self.model.state_dict(), ema_updates=self.average.updates)
+        return state
 
     def load_state(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
+        if self.average is not None and "student" in state:
+            self.model.load_state_dict(state["student"])
+            self.average.model.load_state_dict(state["model"])
+            self.average.updates = int(state["ema_updates"])
+        else:  # a run saved without an average continues with one from its weights
+            self.model.load_state_dict(state["model"])
+            if self.average is not None:
+                self.average.reset(self.model)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"], self.device)
@@ -308,6 +331,8 @@ def load_init(t: Trainer, init: str, trusted: bool = False) -> None:
     except RuntimeError as e:
         raise checkpoint.CheckpointError("checkpoint '%s': its weights do not fit this run's model (model.width %s): %s"
                                          % (init, t.config.model.width, str(e).strip().splitlines()[0])) from None
+    if t.average is not None:
+        t.average.reset(t.model)
 
 
 def exclusion_band(weak_z, half_width: float):

@@ -1,0 +1,45 @@
+"""Exponential moving averages of a model's weights: the one update rule that the evaluated
+weights (optim.ema_decay) and the EM's EMA teacher (deepem.em.teacher) share.
+
+Why evaluate an average: a small detector trained with AdamW on batches of 8 crops moves far
+between steps; on the demo, two baselines that differ only in their training seed ended
+0.08 validation CPM apart, and one epoch at the init's lr knocked a baseline from 0.67 to 0.35.
+An average over the last ~1/(1 - decay) steps is the usual remedy (Polyak averaging; the
+"model EMA" of modern detectors), and it makes a run's result depend less on its last steps."""
+import copy
+
+import torch
+
+
+@torch.no_grad()
+def ema_update(average: torch.nn.Module, model: torch.nn.Module, decay: float, buffers: str = "average") -> None:
+    """average <- decay * average + (1 - decay) * model, parameter by parameter. Floating
+    buffers (batch-norm statistics) are averaged the same way (buffers='average') or copied
+    (buffers='copy'); integer buffers (batches seen) are always copied."""
+    for a, m in zip(average.parameters(), model.parameters()):
+        a.mul_(decay).add_(m.detach(), alpha=1.0 - decay)
+    for a, m in zip(average.buffers(), model.buffers()):
+        if buffers == "average" and a.is_floating_point():
+            a.mul_(decay).add_(m, alpha=1.0 - decay)
+        else:
+            a.copy_(m)
+
+
+class WeightAverage:
+    """A copy of `model` that follows it by an EMA with warm-up: the k-th update uses
+    min(decay, (1 + k) / (10 + k)), so that early averages are not dominated by the start."""
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        if not 0.0 < decay < 1.0:
+            raise ValueError("weight average decay must be in (0, 1), got %r" % (decay,))
+        self.decay, self.updates = float(decay), 0
+        self.model = copy.deepcopy(model).requires_grad_(False)
+
+    def update(self, model: torch.nn.Module) -> None:
+        ema_update(self.model, model, min(self.decay, (1.0 + self.updates) / (10.0 + self.updates)))
+        self.updates += 1
+
+    def reset(self, model: torch.nn.Module) -> None:
+        """Start again from `model`'s weights (a run's init)."""
+        self.model.load_state_dict(model.state_dict())
+        self.updates = 0
