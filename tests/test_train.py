@@ -144,35 +144,39 @@ def test_weak_z_band_scales_with_the_crop(data, tmp_path):
 
 
 def test_weight_average_is_validated_and_saved_and_follows_the_ema_rule(data, tmp_path):
-    """optim.ema_decay: every step moves the average by the warm-up EMA rule (a float64
-    reference here); the checkpoint's model is the average, its student the trained weights;
-    an init starts both from the init's weights."""
+    """optim.ema_decay: every step moves the average by the EMA rule (a float64 reference
+    here), with a warm-up from random weights and the plain decay from an init; the
+    checkpoint's model is the average, its student the trained weights."""
     from deepem.train.ema import WeightAverage
-
-    decay = 0.8
-    cfg = config(data, tmp_path / "ema", epochs=1, more=["optim.ema_decay=%g" % decay])
-    t = Trainer(cfg)
-    seen = []
-    t.after_step.insert(0, lambda: seen.append({k: v.double().clone() for k, v in t.model.state_dict().items()}))
-    start = {k: v.double().clone() for k, v in t.model.state_dict().items()}
-    fit(cfg, trainer=t)
-    counters = {n for n, v in t.model.state_dict().items() if not v.is_floating_point()}  # copied, not averaged
-    ref = start
-    for k, student in enumerate(seen):
-        d = min(decay, (1.0 + k) / (10.0 + k))
-        ref = {n: (student[n] if n in counters else d * v + (1 - d) * student[n]) for n, v in ref.items()}
-    state = checkpoint.load(tmp_path / "ema" / "last.pt")
-    assert state["ema_updates"] == len(seen) == 2
-    for n, v in state["model"].items():
-        assert torch.allclose(v.double(), ref[n], rtol=1e-5, atol=1e-6), n
-        assert torch.equal(state["student"][n], t.model.state_dict()[n]), n
-    assert any(not torch.equal(state["model"][n], state["student"][n]) for n in state["model"])
-    t2 = Trainer(config(data, tmp_path / "ema2", epochs=1, more=["optim.ema_decay=0.5"]))
     from deepem.train.trainer import load_init
 
-    load_init(t2, str(tmp_path / "ema" / "last.pt"))
-    assert t2.average.updates == 0
-    for n, v in t2.average.model.state_dict().items():
-        assert torch.equal(v, state["model"][n]) and torch.equal(t2.model.state_dict()[n], state["model"][n]), n
+    def run(name, decay, init=None):
+        cfg = config(data, tmp_path / name, epochs=1, more=["optim.ema_decay=%g" % decay])
+        t = Trainer(cfg)
+        if init:
+            load_init(t, init)
+            assert t.average.state() == {"updates": 0, "warmup": False}
+        seen = []
+        t.after_step.insert(0, lambda: seen.append({k: v.double().clone() for k, v in t.model.state_dict().items()}))
+        ref = {k: v.double().clone() for k, v in t.model.state_dict().items()}
+        fit(cfg, trainer=t)
+        counters = {n for n, v in t.model.state_dict().items() if not v.is_floating_point()}  # copied
+        for k, student in enumerate(seen):
+            d = decay if init else min(decay, (1.0 + k) / (10.0 + k))
+            ref = {n: (student[n] if n in counters else d * v + (1 - d) * student[n]) for n, v in ref.items()}
+        state = checkpoint.load(tmp_path / name / "last.pt")
+        assert state["ema"] == {"updates": len(seen), "warmup": not init} and len(seen) == 2
+        for n, v in state["model"].items():
+            assert torch.allclose(v.double(), ref[n], rtol=1e-5, atol=1e-6), n
+            assert torch.equal(state["student"][n], t.model.state_dict()[n]), n
+        assert any(not torch.equal(state["model"][n], state["student"][n]) for n in state["model"])
+        return state
+
+    first = run("scratch", 0.8)
+    t = Trainer(config(data, tmp_path / "t", more=["optim.ema_decay=0.5"]))
+    load_init(t, str(tmp_path / "scratch" / "last.pt"))  # both start from the init's (averaged) weights
+    for n, v in t.average.model.state_dict().items():
+        assert torch.equal(v, first["model"][n]) and torch.equal(t.model.state_dict()[n], first["model"][n]), n
+    run("from_init", 0.5, init=str(tmp_path / "scratch" / "last.pt"))
     with pytest.raises(ValueError, match="decay"):
-        WeightAverage(t2.model, 1.0)
+        WeightAverage(t.model, 1.0)

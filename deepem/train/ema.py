@@ -26,20 +26,28 @@ def ema_update(average: torch.nn.Module, model: torch.nn.Module, decay: float, b
 
 
 class WeightAverage:
-    """A copy of `model` that follows it by an EMA with warm-up: the k-th update uses
-    min(decay, (1 + k) / (10 + k)), so that early averages are not dominated by the start."""
+    """A copy of `model` that follows it by an EMA. From random weights the k-th update uses
+    min(decay, (1 + k) / (10 + k)) (a warm-up, so that the average soon forgets the random
+    start); from trained weights (`reset`, a run's init) it uses `decay` from the first step."""
 
     def __init__(self, model: torch.nn.Module, decay: float):
         if not 0.0 < decay < 1.0:
             raise ValueError("weight average decay must be in (0, 1), got %r" % (decay,))
-        self.decay, self.updates = float(decay), 0
+        self.decay, self.updates, self.warmup = float(decay), 0, True
         self.model = copy.deepcopy(model).requires_grad_(False)
 
     def update(self, model: torch.nn.Module) -> None:
-        ema_update(self.model, model, min(self.decay, (1.0 + self.updates) / (10.0 + self.updates)))
+        k = self.updates
+        ema_update(self.model, model, min(self.decay, (1.0 + k) / (10.0 + k)) if self.warmup else self.decay)
         self.updates += 1
 
     def reset(self, model: torch.nn.Module) -> None:
-        """Start again from `model`'s weights (a run's init)."""
+        """Start again from `model`'s trained weights (a run's init): no warm-up."""
         self.model.load_state_dict(model.state_dict())
-        self.updates = 0
+        self.updates, self.warmup = 0, False
+
+    def state(self) -> dict:
+        return {"updates": self.updates, "warmup": self.warmup}
+
+    def load(self, state: dict) -> None:
+        self.updates, self.warmup = int(state["updates"]), bool(state["warmup"])

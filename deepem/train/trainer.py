@@ -260,14 +260,14 @@ class Trainer:
                  "scaler": self.scaler.state_dict(), "rng": rng_state(self.device), "epoch": self.epoch,
                  "best": self.best, "history": self.history, "config": to_dict(self.config)}
         if self.average is not None:
-            state.update(student=self.model.state_dict(), ema_updates=self.average.updates)
+            state.update(student=self.model.state_dict(), ema=self.average.state())
         return state
 
     def load_state(self, state: dict) -> None:
         if self.average is not None and "student" in state:
             self.model.load_state_dict(state["student"])
             self.average.model.load_state_dict(state["model"])
-            self.average.updates = int(state["ema_updates"])
+            self.average.load(state["ema"])
         else:  # a run saved without an average continues with one from its weights
             self.model.load_state_dict(state["model"])
             if self.average is not None:
