@@ -72,6 +72,7 @@ class Settings:
     nodule_extra_mean: float = 1.0  # ... else 1 + Poisson(this) nodules
     em_options: tuple = ()  # (key, value) pairs of em.* settings beyond the paper for the DeepEM rows
     ema_decay: float = 0.0  # > 0: every run validates, selects and saves an EMA of its weights (optim.ema_decay)
+    warmup_steps: int = 0  # every run's lr rises linearly over its first this many steps (optim.warmup_steps)
 
 
 QUICK = Settings(n_full=3, n_weak=3, n_val=2, n_test=4, width=0.125, crop=32, batch=4, optimizer="adamw", lr=0.01,
@@ -162,7 +163,7 @@ def train_config(out_dir, data_dir, s: Settings, seed, em=None, train_split="ful
         "loss": {"num_neg": s.num_neg},
         "optim": {"name": s.optimizer, "lr": s.lr, "batch_size": s.batch, "epochs": epochs,
                   "steps_per_epoch": s.steps, "lr_milestones": milestones, "lr_factors": factors,
-                  "ema_decay": s.ema_decay},
+                  "ema_decay": s.ema_decay, "warmup_steps": s.warmup_steps},
         # init selects nothing (its last weights are the start); the methods validate every epoch
         "run": {"out": out_dir, "seed": seed, "select": s.select, "progress": True, "log_every": 5,
                 "val_every": epochs if init else 1},

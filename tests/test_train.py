@@ -34,9 +34,9 @@ def weights(path):
     return checkpoint.load(path)["model"]
 
 
-@pytest.mark.parametrize("optimizer,ema", [("sgd", 0.0), ("adamw", 0.0), ("adamw", 0.9)])
-def test_resume_is_bit_identical(data, tmp_path, optimizer, ema):
-    more = ["optim.name=" + optimizer, "optim.ema_decay=%g" % ema]
+@pytest.mark.parametrize("optimizer,ema,warmup", [("sgd", 0.0, 0), ("adamw", 0.0, 0), ("adamw", 0.9, 3)])
+def test_resume_is_bit_identical(data, tmp_path, optimizer, ema, warmup):
+    more = ["optim.name=" + optimizer, "optim.ema_decay=%g" % ema, "optim.warmup_steps=%d" % warmup]
     fit(config(data, tmp_path / "whole", epochs=3, more=more))
     fit(config(data, tmp_path / "split", epochs=3, more=more), stop_at=2)
     fit(config(data, tmp_path / "split", epochs=3, more=more), resume="auto")
@@ -180,3 +180,11 @@ def test_weight_average_is_validated_and_saved_and_follows_the_ema_rule(data, tm
     run("from_init", 0.5, init=str(tmp_path / "scratch" / "last.pt"))
     with pytest.raises(ValueError, match="decay"):
         WeightAverage(t.model, 1.0)
+
+
+def test_lr_warms_up_linearly_over_the_first_steps_then_follows_the_schedule(data, tmp_path):
+    cfg = config(data, tmp_path / "warm", epochs=3, more=["optim.warmup_steps=3", "optim.lr_milestones=[0.6]",
+                                                          "optim.lr_factors=[0.1]"])
+    fit(cfg)
+    lrs = [json.loads(l)["lr"] for l in open(tmp_path / "warm" / "metrics.jsonl") if '"kind": "step"' in l]
+    assert lrs == pytest.approx([0.01 / 3, 0.02 / 3, 0.01, 0.01, 0.001, 0.001])

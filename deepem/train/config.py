@@ -53,6 +53,7 @@ class OptimConfig:
     lr_milestones: List[float] = field(default_factory=lambda: [0.5, 0.75])  # fractions of the epochs
     lr_factors: List[float] = field(default_factory=lambda: [0.5, 0.1])  # lr x factor from each milestone
     ema_decay: float = 0.0  # > 0: validate, select and save an EMA of the weights (deepem/train/ema.py); 0: off
+    warmup_steps: int = 0  # the lr rises linearly over a run's first this many steps (0: none)
 
 
 @dataclass
@@ -248,7 +249,7 @@ RANGES = {
     "optim.weight_decay": (0, None, True, True), "optim.batch_size": (1, None, True, True),
     "optim.epochs": (1, None, True, True), "optim.steps_per_epoch": (0, None, True, True),
     "optim.lr_milestones": (0, 1, True, True), "optim.lr_factors": (0, None, False, True),
-    "optim.ema_decay": (0, 1, True, False),
+    "optim.ema_decay": (0, 1, True, False), "optim.warmup_steps": (0, None, True, True),
     "run.threads": (0, None, True, True), "run.log_every": (1, None, True, True),
     "run.val_every": (1, None, True, True),
     "detect.nms_iou": (0, 1, True, True), "detect.min_diameter": (0, None, True, True),

@@ -48,6 +48,14 @@ def lr_at(config: TrainConfig, epoch: int) -> float:
     return config.optim.lr * factor
 
 
+def warmup_factor(config: TrainConfig, steps: int) -> float:
+    """The lr's linear warm-up: (steps + 1) / optim.warmup_steps for the run's first
+    optim.warmup_steps optimizer steps, then 1. Why: a run that starts from an init's weights
+    starts a fresh optimizer, whose first AdamW steps move every weight by the full lr."""
+    w = config.optim.warmup_steps
+    return 1.0 if w <= 0 or steps >= w else (steps + 1.0) / w
+
+
 def step_seed(seed: int, epoch: int, step: int, rank: int) -> int:
     """Labelling seed of one step: distinct per (seed, epoch, step, rank)."""
     return int(np.random.default_rng([seed, epoch, step, rank, 11]).integers(1 << 62))
@@ -95,6 +103,7 @@ class Trainer:
                                              weight_decay=o.weight_decay)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.run.amp == "fp16")
         self.epoch = 0  # the next epoch to run
+        self.steps = 0  # optimizer steps taken (the lr warm-up counts them)
         self.best = None  # (metric, epoch): lower is better
         self.history = []
         self.out = config.run.out
@@ -135,14 +144,16 @@ class Trainer:
         scale their boxes' loss terms; `stream` separates the random choices of passes in one
         epoch (the EM M-step's weak and full passes). Returns the mean loss parts."""
         c = self.config
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr_at(c, epoch)
         self.net.train()
         loader = self.loader(dataset, epoch, steps, stream)
         sums, count, t0 = {}, 0, time.perf_counter()
         bar = self._bar(len(loader), "%s %d" % (tag, epoch))
         for step, batch in enumerate(loader):
+            lr = lr_at(c, epoch) * warmup_factor(c, self.steps)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
             parts = self.train_step(batch, epoch, step + 100003 * stream, weighted)
+            self.steps += 1
             for k, v in parts.items():
                 if isinstance(v, float) and math.isnan(v):
                     continue
@@ -153,7 +164,7 @@ class Trainer:
                 bar.set_postfix(loss="%.3f" % parts["loss"], crops_s="%.1f" % crops_per_s)
                 bar.update()
             if (step + 1) % c.run.log_every == 0:
-                self.log({"kind": "step", "tag": tag, "epoch": epoch, "step": step + 1, "lr": lr_at(c, epoch),
+                self.log({"kind": "step", "tag": tag, "epoch": epoch, "step": step + 1, "lr": lr,
                           "crops_per_s": crops_per_s, **parts})
         if bar is not None:
             bar.close()
@@ -258,6 +269,7 @@ class Trainer:
     def state(self) -> dict:
         state = {"model": self.eval_model.state_dict(), "optimizer": self.optimizer.state_dict(),
                  "scaler": self.scaler.state_dict(), "rng": rng_state(self.device), "epoch": self.epoch,
+                 "steps": self.steps,
                  "best": self.best, "history": self.history, "config": to_dict(self.config)}
         if self.average is not None:
             state.update(student=self.model.state_dict(), ema=self.average.state())
@@ -276,6 +288,7 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"], self.device)
         self.epoch, self.best, self.history = state["epoch"], state["best"], list(state["history"])
+        self.steps = int(state.get("steps", 0))
 
     def save(self, metric: Optional[float], extra: Optional[dict] = None, keep: int = 2) -> None:
         """Epoch checkpoint + last.pt (+ best.pt when `metric` improved); rank 0 only."""
