@@ -121,6 +121,20 @@ def right_only_estep(model, data_dir, uids, config, lobe, epoch, ctx) -> EStepRe
     return est
 
 
+def truth_subset_estep(keep):
+    """truth_estep keeping only the nodules where keep[uid] (bool [N]) is True, e.g. those the
+    initial detector already finds (or misses) at 1 FP per scan: which of the weak nodules the
+    M-step's ceiling needs. The others give no box (their z bands still give no negatives)."""
+    def estep(model, data_dir, uids, config, lobe, epoch, ctx):
+        est = truth_estep(model, data_dir, uids, config, lobe, epoch, ctx)
+        for uid in uids:
+            k = np.asarray(keep[uid], bool)
+            est.boxes[uid], est.weights[uid] = est.boxes[uid][k].reshape(-1, 4), est.weights[uid][k]
+        est.rows[:] = [r for r in est.rows if keep[r[0]][int(r[1])]]
+        return est
+    return estep
+
+
 def perturbed_truth_estep(scale=1.38, offset=0.5):
     """truth_estep with each true box's diameter times `scale` and its centre moved by `offset`
     times its radius in a seeded random direction: perfect picks with the geometry errors

@@ -34,7 +34,8 @@ class Variant:
     seed_offset: int = 0  # the noise control trains with seed + this
     truth: bool = False  # em: the E-step hands over the weak scans' true boxes (em_truth)
     negatives_only: bool = False  # em: the E-step picks nothing (the weak scans give negatives only)
-    diagnostic: str = ""  # em: right_only | perturbed_truth (deepem.diagnostics E-steps reading the truth)
+    diagnostic: str = ""  # em: right_only | perturbed_truth | found_truth | missed_truth (deepem.diagnostics E-steps
+    #                       reading the truth)
 
 
 # Every remedy at once (deepem.em options): what the demo's DeepEM rows use.
@@ -50,6 +51,10 @@ VARIANTS = {
     "em_negatives": Variant("em", "weak scans as negatives only (no pseudo box)", negatives_only=True),
     "em_truth_perturbed": Variant("em", "em_truth with the proposals' geometry errors (d x1.38, centre 0.5 r)",
                                   diagnostic="perturbed_truth"),
+    "em_truth_found": Variant("em", "em_truth, only the nodules the initial detector finds at 1 FP/scan",
+                              diagnostic="found_truth"),
+    "em_truth_missed": Variant("em", "em_truth, only the nodules the initial detector misses at 1 FP/scan",
+                               diagnostic="missed_truth"),
     "right_only_cal_init": Variant("em", "calibrated MAP, init teacher, wrong picks dropped (diagnostic)",
                                    diagnostic="right_only", em={"calibrate": "val", "teacher": "init"}),
     "map": Variant("em", "DeepEM MAP (paper)"),
@@ -106,7 +111,7 @@ def point_dir(out, n_full, seed):
 def run_variant(out, s: demo.Settings, seed, name, variant: Variant, init_ckpt, diagnostics_ready):
     """Trains one variant from init_ckpt in out/name; returns its record (val CPM, EM logs)."""
     from .diagnostics import (PickDiagnostics, negatives_estep, perturbed_truth_estep, picks_plot, read_metrics,
-                              right_only_estep, truth_estep)
+                              right_only_estep, truth_estep, truth_subset_estep)
     from .em import em_fit
     from .train.trainer import fit
 
@@ -121,7 +126,9 @@ def run_variant(out, s: demo.Settings, seed, name, variant: Variant, init_ckpt, 
         missed, weak_uids = diagnostics_ready()
         observer = PickDiagnostics(pre, weak_uids, missed)
         estep = truth_estep if variant.truth else negatives_estep if variant.negatives_only else None
-        if variant.diagnostic:
+        if variant.diagnostic in ("found_truth", "missed_truth"):
+            estep = truth_subset_estep({u: m == (variant.diagnostic == "missed_truth") for u, m in missed.items()})
+        elif variant.diagnostic:
             estep = right_only_estep if variant.diagnostic == "right_only" else perturbed_truth_estep()
         t = em_fit(config, init=init_ckpt, resume="auto", estep=estep, observer=observer)
         picks_plot(run_dir)

@@ -79,6 +79,21 @@ def test_perturbed_truth_moves_each_box_by_the_given_geometry(data):  # noqa: F8
     np.testing.assert_allclose(np.linalg.norm(got[:, :3] - true[:, :3], axis=1), 0.25 * true[:, 3], rtol=1e-4)
 
 
+def test_truth_subset_keeps_only_the_chosen_nodules(data):  # noqa: F811
+    root, _ = data
+    config = em_config(root, [])
+    true = np.load(os.path.join(root, "scan04_label.npy")).reshape(-1, 4)
+    assert len(true) >= 1
+    keep = {"scan04": np.arange(len(true)) % 2 == 0}
+    est = diagnostics.truth_subset_estep(keep)(None, root, ["scan04"], config, None, 0, None)
+    np.testing.assert_array_equal(est.boxes["scan04"], true[keep["scan04"]])
+    assert len(est.weights["scan04"]) == int(keep["scan04"].sum())
+    assert [int(r[1]) for r in est.rows] == [int(i) for i in np.flatnonzero(keep["scan04"])]
+    none = diagnostics.truth_subset_estep({"scan04": np.zeros(len(true), bool)})(None, root, ["scan04"], config, None,
+                                                                                 0, None)
+    assert none.boxes["scan04"].shape == (0, 4) and none.rows == []
+
+
 def test_study_settings_and_point_settings():
     base = study.parse_settings(["n_val=24", "nodule_extra_mean=2", "lr_milestones=[0.5]"], demo.DEFAULT)
     assert base.n_val == 24 and base.nodule_extra_mean == 2.0 and base.lr_milestones == (0.5,)
