@@ -91,6 +91,21 @@ VARIANTS = {
                                   em={"calibrate": "val", "teacher": "init", "weighted": True, "mix": True}),
     "sample_cal_init": Variant("em", "sampling, calibrated, frozen initial teacher", method="sample",
                                em={"calibrate": "val", "teacher": "init"}),
+    # the ablations of docs/deepem-study.md, sections 6-7
+    "baseline_rerun2": Variant("sup", "Noise control 2 (baseline, 3rd training seed)", seed_offset=200),
+    "map_all_lobe": Variant("em", "MAP + the same remedies, with the lobe term", em={**REMEDIES, "use_lobe": True}),
+    "sample_all_lobe": Variant("em", "sampling + the same remedies, with the lobe term", method="sample",
+                               em={**REMEDIES, "use_lobe": True}),
+    "map_all_student": Variant("em", "MAP + the same remedies, the trained model as teacher",
+                               em={**REMEDIES, "teacher": "student"}),
+    "map_all_band15": Variant("em", "MAP + the same remedies, no negatives within 15 voxels of a weak slice",
+                              em={**REMEDIES, "exclude_band": 15.0}),
+    "map_all_nn": Variant("em", "MAP + the same remedies, no negatives from weak scans",
+                          em={**REMEDIES, "exclude_band": 1000.0}),
+    "em_truth_found_nn": Variant("em", "em_truth, only the nodules the initial detector finds, no weak negatives",
+                                 diagnostic="found_truth", em={"exclude_band": 1000.0}),
+    "em_negatives_mix_band15": Variant("em", "weak scans as negatives only, mixed batches, band 15",
+                                       negatives_only=True, em={"mix": True, "exclude_band": 15.0}),
 }
 SUPERVISED = ("baseline", "baseline_rerun", "oracle")
 DEFAULT_VARIANTS = ("baseline", "baseline_rerun", "oracle", "em_truth", "map", "sample")
