@@ -82,7 +82,8 @@ VARIANTS = {
                                 em={"mix": True}),
     "em_truth_perturbed_cls": Variant("em", "em_truth with the proposals' geometry errors, classification only",
                                       diagnostic="perturbed_truth", em={"pseudo_regression": False}),
-    "map_all": Variant("em", "MAP + calibrated E-step, init teacher, loss x posterior, mixed, cls only, z from label",
+    "map_all": Variant("em", "MAP + calibrated E-step without the lobe term, init teacher, loss x posterior, mixed, "
+                       "cls only, z from label",
                        em=dict(REMEDIES)),
     "sample_all": Variant("em", "sampling + the same remedies", method="sample", em=dict(REMEDIES)),
     "map_all_ema": Variant("em", "MAP + the same remedies, EMA teacher",
