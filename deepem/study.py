@@ -322,8 +322,9 @@ def markdown(summary):
 
 
 def figure(summary, points, path):
-    """Left: gain +- sd over seeds against n_full per variant. Right: first E-step pick precision
-    against the initial detector's validation CPM, one dot per EM run."""
+    """Left: gain +- sd over seeds against n_full, one line per variant measured at more than one
+    n_full (single-point ablations stay in the table). Right: first E-step pick precision against
+    the initial detector's validation CPM, one dot per EM run. A variant keeps its colour in both."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -331,39 +332,37 @@ def figure(summary, points, path):
 
     from .data.atomic import atomic_write
 
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4))
-    ns = sorted(int(n) for n in summary["table"])
-    names = [n for n in VARIANTS if n != "baseline" and any(n in e["rows"] for e in summary["table"].values())]
+    table = {int(n): e for n, e in summary["table"].items()}
+    ns = sorted(table)
+    names = [n for n in VARIANTS if n != "baseline" and sum(n in e["rows"] for e in table.values()) > 1] or \
+        [n for n in VARIANTS if n != "baseline" and any(n in e["rows"] for e in table.values())]
+    colours = dict(zip(names, plt.get_cmap("tab10" if len(names) <= 10 else "tab20").colors))
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(13, 4.8))
     for k, n in enumerate(names):
-        xs, ys, es = [], [], []
-        for n_full in ns:
-            a = summary["table"][n_full]["rows"].get(n) if n_full in summary["table"] else \
-                summary["table"][str(n_full)]["rows"].get(n)
-            if a and a["gain_mean"] is not None:
-                xs.append(n_full * (1 + 0.02 * (k - len(names) / 2)))
-                ys.append(a["gain_mean"])
-                es.append(a["gain_sd"] or 0.0)
-        ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=VARIANTS[n].label)
+        points_n = [(n_full, table[n_full]["rows"][n]) for n_full in ns if n in table[n_full]["rows"]]
+        points_n = [(n_full, a) for n_full, a in points_n if a["gain_mean"] is not None]
+        xs = [n_full * (1 + 0.025 * (k - len(names) / 2)) for n_full, _ in points_n]
+        ax.errorbar(xs, [a["gain_mean"] for _, a in points_n], yerr=[a["gain_sd"] or 0.0 for _, a in points_n],
+                    marker="o", capsize=3, color=colours[n], label=VARIANTS[n].label)
     ax.axhline(0, color="k", lw=0.8)
     ax.set_xscale("log")
+    ax.minorticks_off()
     ax.set_xticks(ns)
     ax.set_xticklabels([str(n) for n in ns])
     ax.set_xlabel("fully labelled scans (weak = 3x)")
     ax.set_ylabel("test CPM gain over the baseline")
-    ax.legend(fontsize=6)
     for p in points:
         for n, r in p["rows"].items():
             v = VARIANTS[n]
-            if v.kind == "em" and not (v.truth or v.negatives_only or v.diagnostic) and r["diagnostics"]:
-                bx.scatter(p["init_val_cpm"], r["diagnostics"][0].get("pick_precision"), s=14,
-                           label=VARIANTS[n].label)
-    handles, labels = bx.get_legend_handles_labels()
-    unique = dict(zip(labels, handles))
-    bx.legend(unique.values(), unique.keys(), fontsize=6)
+            if n in colours and v.kind == "em" and not (v.truth or v.negatives_only or v.diagnostic) and \
+                    r["diagnostics"]:
+                bx.scatter(p["init_val_cpm"], r["diagnostics"][0].get("pick_precision"), s=18, color=colours[n])
     bx.set_xlabel("initial detector's validation CPM")
     bx.set_ylabel("first E-step pick precision")
     bx.set_ylim(0, 1)
-    fig.tight_layout()
+    handles, labels = ax.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.02 + 0.03 * ((len(labels) + 1) // 2), 1, 1))
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
     plt.close(fig)
 
