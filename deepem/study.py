@@ -105,6 +105,9 @@ VARIANTS = {
                           em={**REMEDIES, "exclude_band": 1000.0}),
     "em_truth_found_nn": Variant("em", "em_truth, only the nodules the initial detector finds, no weak negatives",
                                  diagnostic="found_truth", em={"exclude_band": 1000.0}),
+    "map_all_nomix": Variant("em", "MAP + the same remedies, separate weak and full passes", em={**REMEDIES, "mix": False}),
+    "map_cal_init_nolobe": Variant("em", "MAP, calibrated without the lobe term, frozen initial teacher",
+                                   em={"calibrate": "val", "teacher": "init", "use_lobe": False}),
     "em_negatives_mix_band15": Variant("em", "weak scans as negatives only, mixed batches, band 15",
                                        negatives_only=True, em={"mix": True, "exclude_band": 15.0}),
 }
