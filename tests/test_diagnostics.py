@@ -128,6 +128,16 @@ def test_summary_tables_and_figure_from_points(tmp_path):
     assert (tmp_path / "study.png").stat().st_size > 10000
 
 
+def test_every_study_variant_makes_a_valid_training_config(tmp_path):
+    """A misspelt em.* key or a value out of range in a variant fails here, not an hour into a study."""
+    s = study.point_settings(16)
+    for name, v in study.VARIANTS.items():
+        cfg = demo.train_config(str(tmp_path / name), str(tmp_path), s, 0, em=v.method if v.kind == "em" else None,
+                                extra={"em": dict(v.em)} if v.kind == "em" else None)
+        for key, value in v.em.items():
+            assert getattr(cfg.em, key) == value, (name, key)
+
+
 def test_point_settings_take_no_em_option_from_the_demo():
     base = demo.Settings(**{**demo.DEFAULT.__dict__, "em_options": (("teacher", "init"),)})
     assert study.point_settings(16, base).em_options == ()

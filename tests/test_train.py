@@ -92,6 +92,12 @@ def test_config_errors_are_one_clear_line(data, tmp_path):
         load_config(overrides=["optim.batch_size=two"])
     with pytest.raises(ConfigError, match="'optim.name' must be sgd or adamw, got 'adam'"):
         load_config(overrides=["optim.name=adam"])
+    with pytest.raises(ConfigError, match=r"'optim.ema_decay' must be in \[0, 1\), got 1.0"):
+        load_config(overrides=["optim.ema_decay=1"])
+    with pytest.raises(ConfigError, match="'optim.ema_decay' must be in"):
+        load_config(overrides=["optim.ema_decay=-0.1"])
+    with pytest.raises(ConfigError, match="'optim.warmup_steps' must be >= 0, got -1"):
+        load_config(overrides=["optim.warmup_steps=-1"])
     bad = tmp_path / "bad.yaml"
     bad.write_text("model:\n  depth: 3\n")
     r = run_cli("train", "--config", str(bad), "--out", str(tmp_path / "r"))
@@ -180,6 +186,14 @@ def test_weight_average_is_validated_and_saved_and_follows_the_ema_rule(data, tm
     run("from_init", 0.5, init=str(tmp_path / "scratch" / "last.pt"))
     with pytest.raises(ValueError, match="decay"):
         WeightAverage(t.model, 1.0)
+
+
+def test_weight_average_refuses_a_decay_outside_0_1():
+    from deepem.train.ema import WeightAverage
+
+    for decay in (0.0, 1.0, -0.5, float("nan")):
+        with pytest.raises(ValueError, match="weight average decay must be in"):
+            WeightAverage(torch.nn.Linear(2, 2), decay)
 
 
 def test_lr_warms_up_linearly_over_the_first_steps_then_follows_the_schedule(data, tmp_path):
