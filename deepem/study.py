@@ -281,7 +281,9 @@ def summarize(out):
             agg["missed_picked_right_first"] = [first_last(r["diagnostics"], "missed_picked_right")[0] for r in rows]
             entry["rows"][n] = agg
         table[n_full] = entry
-    summary = {"points": len(points), "table": table, "machine": describe()}
+    # the machines the points ran on (not the one summarizing them), each once
+    machines = [machine_line(p["machine"]) for p in points if p.get("machine")]
+    summary = {"points": len(points), "table": table, "machines": list(dict.fromkeys(machines))}
     from .data.atomic import atomic_write
 
     atomic_write(os.path.join(out, "study.json"), lambda f: f.write(json.dumps(summary, indent=1).encode()))
@@ -295,8 +297,11 @@ def _fmt_list(values, fmt="%.3f"):
     return " / ".join("-" if v is None else fmt % v for v in values)
 
 
+def machine_line(m):
+    return "%s, %d cores, torch %s (%d threads)" % (m["cpu"], m["cores"], m["torch"], m["torch_threads"])
+
+
 def markdown(summary):
-    m = summary["machine"]
     lines = ["# DeepEM regime study", "",
              "Gain = test CPM minus the baseline's (paired, same scans), per seed; val = validation CPM of the "
              "selected model (what settings were chosen on); pick precision = share of the E-step's picks within "
@@ -319,8 +324,7 @@ def markdown(summary):
                 _fmt_list(a["val_cpm"]), pp if VARIANTS[n].kind == "em" else "",
                 _fmt_list(a["missed_picked_right_first"], "%.2f") if VARIANTS[n].kind == "em" else ""))
         lines.append("")
-    lines.append("Machine: %s, %d cores, torch %s (%d threads)." % (m["cpu"], m["cores"], m["torch"],
-                                                                   m["torch_threads"]))
+    lines.append("Points run on: %s." % "; ".join(summary["machines"]))
     return "\n".join(lines) + "\n"
 
 

@@ -106,7 +106,8 @@ def test_study_settings_and_point_settings():
 
 
 def test_summary_tables_and_figure_from_points(tmp_path):
-    def point(n_full, seed, gains):
+    def point(n_full, seed, gains, threads=1):
+        machine = {"cpu": "Test CPU", "cores": 2, "torch": "2.x", "torch_threads": threads}
         rows = {"baseline": {"test_cpm": 0.5, "val_cpm_best": 0.5, "diagnostics": []}}
         for name, g in gains.items():
             diag = [{"pick_precision": 0.4, "missed_picked_right": 0.1}, {"pick_precision": 0.6}]
@@ -114,10 +115,11 @@ def test_summary_tables_and_figure_from_points(tmp_path):
         folder = tmp_path / ("n%03d_s%d" % (n_full, seed))
         folder.mkdir()
         (folder / "point.json").write_text(json.dumps({"n_full": n_full, "seed": seed, "init_val_cpm": 0.3,
-                                                       "seconds_total": 600.0, "rows": rows}))
+                                                       "seconds_total": 600.0, "rows": rows,
+                                                       "machine": machine}))
     point(16, 0, {"baseline_rerun": 0.01, "map": 0.05})
     point(16, 1, {"baseline_rerun": -0.03, "map": 0.07})
-    point(32, 0, {"baseline_rerun": 0.02, "map": 0.01})
+    point(32, 0, {"baseline_rerun": 0.02, "map": 0.01}, threads=2)
     summary = study.summarize(str(tmp_path))
     row = summary["table"][16]["rows"]["map"]
     assert row["gain"] == [0.05, 0.07] and row["gain_mean"] == pytest.approx(0.06)
@@ -125,6 +127,8 @@ def test_summary_tables_and_figure_from_points(tmp_path):
     assert row["pick_precision_first"] == [0.4, 0.4] and row["pick_precision_last"] == [0.6, 0.6]
     text = (tmp_path / "study.md").read_text()
     assert "+0.060 +- 0.014" in text and "| 0.40 -> 0.60 / 0.40 -> 0.60 |" in text
+    # the machines the points ran on, each once, not the machine that summarized them
+    assert "Points run on: Test CPU, 2 cores, torch 2.x (1 threads); Test CPU, 2 cores, torch 2.x (2 threads)." in text
     assert (tmp_path / "study.png").stat().st_size > 10000
 
 
