@@ -5,6 +5,8 @@ subparsers and sets `func` (args -> exit status); later subcommands append to CO
     deepem preprocess DATA_ROOT OUT_DIR [--workers W] ...
     deepem evaluate RESULTS.csv --annotations A.csv --out DIR [--seriesuids S.csv] ...
     deepem detect CHECKPOINT (--data DIR | --scans PATH...) --out DIR ...
+    deepem weak-labels nlst --abnormalities CTAB.csv --dicom DIR [--image-info I.csv] --out DIR
+    deepem weak-labels reports --reports REPORTS.csv --dicom DIR --out DIR
 """
 import argparse
 import os
@@ -27,7 +29,7 @@ def _phantom(args):
     shape = tuple(args.shape) if args.shape is not None else None
     splits = phantom.make_dataset(args.out_dir, n_scans=args.scans, seed=args.seed, shape=shape, preset=args.preset,
                                   n_subsets=args.subsets, split=tuple(args.split), workers=args.workers,
-                                  write_seg=not args.no_seg, progress=not args.quiet, **kwargs)
+                                  write_seg=not args.no_seg, progress=not args.quiet, records=args.records, **kwargs)
     print("wrote %d phantom scans to %s (full %d, weak %d, test %d)"
           % (args.scans, args.out_dir, len(splits["full"]), len(splits["weak"]), len(splits["test"])))
     return 0
@@ -59,6 +61,9 @@ def add_phantom(sub):
                    help="fractions of fully labelled / weakly labelled / test scans (default 0.5 0.3 0.2)")
     p.add_argument("--workers", type=_positive_int, default=1, help="processes (default 1)")
     p.add_argument("--no-seg", action="store_true", help="do not write the seg-lungs-LUNA16 lung masks")
+    p.add_argument("--records", action="store_true", help="also write the weak split's medical records under "
+                   "records/: each exam as DICOM series, an NLST-style abnormality table and free-text reports "
+                   "(what `deepem weak-labels` mines)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_phantom)
 
@@ -341,7 +346,7 @@ def _demo(args):
 
     try:
         return demo.main(args.out, seed=args.seed, seeds=args.seeds, quick=args.quick, full=args.full,
-                         workers=args.workers, paper=args.paper)
+                         workers=args.workers, paper=args.paper, weak_from=args.weak_from)
     except ValueError as e:
         print("deepem demo: %s" % e, file=sys.stderr)
         return 2
@@ -362,6 +367,9 @@ def add_demo(sub):
     p.add_argument("--paper", action="store_true", help="DeepEM rows as the paper runs them: none of the "
                    "remedies (calibrated E-step, frozen teacher, posterior-weighted loss, mixed batches, "
                    "classification-only pseudo boxes) that the default adds")
+    p.add_argument("--weak-from", choices=["nlst", "reports"], default="nlst",
+                   help="mine the weak split's labels from its NLST-style abnormality table (default) or from "
+                   "its free-text reports")
     p.add_argument("--workers", type=_positive_int, default=2, help="processes for data generation (default 2)")
     p.set_defaults(func=_demo)
 
@@ -400,7 +408,55 @@ def add_study(sub):
     p.set_defaults(func=_study)
 
 
-COMMANDS = [add_phantom, add_preprocess, add_train, add_em, add_detect, add_evaluate, add_demo, add_study]
+def _weak_labels(args):
+    from .data.tables import TableError
+    from .emr import weak_labels
+
+    try:
+        if args.source == "nlst":
+            weak_labels.mine_nlst(args.abnormalities, args.dicom, args.out, image_info=args.image_info,
+                                  policy=args.series_policy, workers=args.workers, progress=not args.quiet)
+        else:
+            weak_labels.mine_reports(args.reports, args.dicom, args.out, policy=args.series_policy,
+                                     workers=args.workers, progress=not args.quiet)
+    except (TableError, FileNotFoundError, ImportError) as e:
+        print("deepem weak-labels %s: %s" % (args.source, e), file=sys.stderr)
+        return 2
+    return 0
+
+
+def add_weak_labels(sub):
+    from .emr.weak_labels import REASONS
+
+    p = sub.add_parser("weak-labels", help="mine weak labels (slice + lobe, size, texture) from medical records",
+                       description="Reads records (an NLST abnormality table, or free-text CT reports) and a DICOM "
+                       "tree (headers only, cached in OUT), looks each record's image number up among the exam's "
+                       "InstanceNumbers, and writes OUT/weak_labels.csv (seriesuid, coordZ, slice, lobe, "
+                       "diameter_mm, texture, source) and OUT/weak_labels_rejected.csv (source, reason, detail): "
+                       "one row for every input row that did not become a label. Reasons: %s."
+                       % "; ".join("%s: %s" % kv for kv in REASONS.items()))
+    kinds = p.add_subparsers(dest="source", metavar="SOURCE")
+    kinds.required = True
+    nlst = kinds.add_parser("nlst", help="NLST's Spiral CT Abnormalities table")
+    nlst.add_argument("--abnormalities", required=True, help="the abnormality table (CSV or TSV; CDAS or IDC "
+                      "column names, any case and order)")
+    nlst.add_argument("--image-info", help="a table (pid, study_yr, seriesinstanceuid) naming per exam the "
+                      "series the slice numbers refer to; those series take the labels")
+    reports = kinds.add_parser("reports", help="free-text chest CT reports")
+    reports.add_argument("--reports", required=True, help="CSV with study_uid (or accession) and text")
+    for q in (nlst, reports):
+        q.add_argument("--dicom", required=True, help="folder holding the exams' DICOM files (any layout)")
+        q.add_argument("--out", required=True, help="output folder")
+        q.add_argument("--series-policy", choices=["strict", "thinnest"], default="strict",
+                       help="where axial series of an exam put an image number at different z: strict "
+                       "rejects the row as ambiguous_series (default), thinnest trusts the thinnest series")
+        q.add_argument("--workers", type=_positive_int, default=2, help="processes reading headers (default 2)")
+        q.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_weak_labels)
+
+
+COMMANDS = [add_phantom, add_preprocess, add_train, add_em, add_detect, add_evaluate, add_demo, add_study,
+            add_weak_labels]
 
 
 def build_parser():

@@ -12,7 +12,7 @@ py="$venv/bin/python"
 # torch 2.14.1 (CUDA 13.0 build) and torchvision come from this machine's local package store.
 "$py" -m pip install -q --disable-pip-version-check \
   "torch==2.14.1" "torchvision==0.29.1" numpy scipy SimpleITK tqdm \
-  matplotlib pyyaml setuptools wheel ninja pytest hypothesis expecttest
+  matplotlib pyyaml setuptools wheel ninja pytest hypothesis expecttest "pydicom==3.0.2"
 # MONAI is a baseline in tests and benchmarks; its own dependencies are already here.
 "$py" -m pip install -q --disable-pip-version-check --no-deps "monai==1.6.1"
 MAX_JOBS=${MAX_JOBS:-$(nproc)} "$py" setup.py -q build_ext --inplace

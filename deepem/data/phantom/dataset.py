@@ -7,6 +7,7 @@ import numpy as np
 
 from .. import io, tables
 from ..atomic import remove_stale_temps
+from . import records as records_mod
 from .scan import make_scan
 
 
@@ -15,9 +16,11 @@ def series_uid(seed, index):
 
 
 def _make_and_write(args):
-    out_dir, seed, index, subset, kwargs, write_seg = args
+    out_dir, seed, index, subset, kwargs, write_seg, with_records = args
     uid = series_uid(seed, index)
     volume, seg, info = make_scan(seed, index, **kwargs)
+    if with_records:
+        info["record"] = records_mod.write_study(os.path.join(out_dir, "records"), seed, index, uid, volume, info)
     folder = os.path.join(out_dir, "subset%d" % subset)
     os.makedirs(folder, exist_ok=True)
     io.write_image(volume, os.path.join(folder, uid + ".mhd"))
@@ -47,7 +50,7 @@ def split_names(n_scans, fractions=(0.5, 0.3, 0.2)):
 
 
 def make_dataset(out_dir, n_scans=10, seed=0, shape=None, n_subsets=10, split=(0.5, 0.3, 0.2),
-                 workers=1, write_seg=True, progress=False, preset="luna16", **scan_kwargs):
+                 workers=1, write_seg=True, progress=False, preset="luna16", records=False, **scan_kwargs):
     """Writes a phantom LUNA16 data set into `out_dir`:
       subsetK/<uid>.mhd + .raw, seg-lungs-LUNA16/<uid>.mhd (LUNA16's lung masks: 3 right, 4 left),
       annotations.csv, annotations_excluded.csv, seriesuids.csv, weak_labels.csv (the weak split:
@@ -55,7 +58,9 @@ def make_dataset(out_dir, n_scans=10, seed=0, shape=None, n_subsets=10, split=(0
       annotations_types.csv (every nodule's texture: solid / part-solid / ggo, attachment:
       isolated / pleural / fissure / vascular, and shape: round / lobulated / spiculated),
       lookalikes.csv (the non-nodules drawn: seriesuid, coordX, coordY, coordZ, kind),
-      splits.json ({'full', 'weak', 'test'}: seriesuid lists) and phantom.json (the settings).
+      splits.json ({'full', 'weak', 'test'}: seriesuid lists) and phantom.json (the settings);
+    with `records`, the weak split's medical records under records/ (DICOM series, an NLST-style
+    abnormality table, reports: see records.py), from which `deepem weak-labels` mines labels.
     `preset` and `scan_kwargs` go to make_scan. Returns the splits."""
     os.makedirs(out_dir, exist_ok=True)
     remove_stale_temps(out_dir, recursive=True)
@@ -63,7 +68,8 @@ def make_dataset(out_dir, n_scans=10, seed=0, shape=None, n_subsets=10, split=(0
     names = split_names(n_scans, split)
     order = np.random.default_rng([int(seed), 1 << 30]).permutation(n_scans)  # which scan goes where
     kwargs = dict(shape=shape, preset=preset, **scan_kwargs)
-    jobs = [(out_dir, seed, i, i % n_subsets, kwargs, write_seg) for i in range(n_scans)]
+    weak_index = {int(order[rank]) for rank, name in enumerate(names) if name == "weak"}
+    jobs = [(out_dir, seed, i, i % n_subsets, kwargs, write_seg, records and i in weak_index) for i in range(n_scans)]
     if workers > 1 and n_scans > 1:
         from concurrent.futures import ProcessPoolExecutor
 
@@ -96,11 +102,14 @@ def make_dataset(out_dir, n_scans=10, seed=0, shape=None, n_subsets=10, split=(0
     rows = [[u, *map(repr, map(float, p)), k] for u, _, _, info in results
             for p, k in zip(info["lookalikes"], info["lookalike_kinds"])]
     tables._write(os.path.join(out_dir, "lookalikes.csv"), ("seriesuid", "coordX", "coordY", "coordZ", "kind"), rows)
+    if records:
+        records_mod.write_records(os.path.join(out_dir, "records"), [info["record"] for _, _, _, info in results
+                                                                     if "record" in info], seed)
     with open(os.path.join(out_dir, "splits.json"), "w") as f:
         json.dump(splits, f, indent=1)
     settings = {"seed": int(seed), "n_scans": int(n_scans), "preset": preset,
                 "shape": None if shape is None else [int(v) for v in shape], "n_subsets": n_subsets,
-                "split": list(split), "scan_kwargs": {k: _jsonable(v) for k, v in scan_kwargs.items()},
+                "split": list(split), "records": bool(records), "scan_kwargs": {k: _jsonable(v) for k, v in scan_kwargs.items()},
                 "subsets": {u: s for u, s, _, _ in results}}
     with open(os.path.join(out_dir, "phantom.json"), "w") as f:
         json.dump(settings, f, indent=1)
