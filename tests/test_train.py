@@ -6,6 +6,7 @@ import socket
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -202,3 +203,93 @@ def test_lr_warms_up_linearly_over_the_first_steps_then_follows_the_schedule(dat
     fit(cfg)
     lrs = [json.loads(l)["lr"] for l in open(tmp_path / "warm" / "metrics.jsonl") if '"kind": "step"' in l]
     assert lrs == pytest.approx([0.01 / 3, 0.02 / 3, 0.01, 0.01, 0.001, 0.001])
+
+
+# ---- the test split never reaches a choice ----------------------------------------------------
+
+@pytest.mark.parametrize("overrides,message", [
+    (["data.val_split=test"], "'data.val_split' must not be the held-out 'test' split"),
+    (["em.calibrate=test"], "'em.calibrate' must not be the held-out 'test' split"),
+    (["em.calibrate=weak"], r"'em.calibrate' must not be the weak split \('weak', em.weak_split\)"),
+    (["em.weak_split=unlabelled", "em.calibrate=unlabelled"], "'em.calibrate' must not be the weak split"),
+])
+def test_selection_and_calibration_refuse_the_test_and_weak_splits(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(overrides=overrides)
+    load_config(overrides=["data.val_split=val", "em.calibrate=val"])  # what the demo does
+
+
+@pytest.fixture(scope="module")
+def held_out(tmp_path_factory):
+    """A splits file with a held-out 'test' split, and uid files that smuggle its scans (or a
+    weak scan) into another role under another name."""
+    folder = tmp_path_factory.mktemp("held")
+    uids = make_preprocessed(str(folder), n_scans=6, shape=(48, 48, 48),
+                             splits=lambda u: {"full": u[:2], "val": u[2:3], "weak": u[3:4], "test": u[4:]})
+    (folder / "val_and_test.txt").write_text("%s\n%s\n" % (uids[2], uids[5]))
+    (folder / "val_and_weak.txt").write_text("%s\n%s\n" % (uids[2], uids[3]))
+    (folder / "full_and_val.txt").write_text("\n".join(uids[:3]) + "\n")
+    return str(folder)
+
+
+def test_a_split_file_holding_test_scans_is_refused_for_selection_and_calibration(held_out, tmp_path):
+    from deepem.em import em_fit
+
+    renamed = os.path.join(held_out, "val_and_test.txt")
+    with pytest.raises(ConfigError, match=r"'data.val_split' .* holds 1 scan\(s\) of the held-out 'test' split"):
+        fit(config(held_out, tmp_path / "a", epochs=1, more=["data.val_split=" + renamed]))
+    assert not (tmp_path / "a").exists()  # refused before anything was written
+    with pytest.raises(ConfigError, match="'data.val_split' .* held-out 'test' split"):
+        em_fit(config(held_out, tmp_path / "b", epochs=1, more=["data.val_split=" + renamed]))
+    with pytest.raises(ConfigError, match="'em.calibrate' .* held-out 'test' split"):
+        em_fit(config(held_out, tmp_path / "c", epochs=1, more=["em.calibrate=" + renamed]))
+    with pytest.raises(ConfigError, match=r"'em.calibrate' .* holds 1 weak scan\(s\) of em.weak_split"):
+        em_fit(config(held_out, tmp_path / "d", epochs=1, more=["em.calibrate=" + os.path.join(held_out,
+                                                                                              "val_and_weak.txt")]))
+
+
+def test_an_unvalidated_epoch_is_never_selected(held_out, tmp_path):
+    """run.val_every=2 over 3 epochs validates epochs 1 and 2 only: after epoch 0 there is no
+    best.pt (its training loss competes with nothing), and best.pt is then the validated epoch
+    with the lowest validation loss."""
+    cfg = config(held_out, tmp_path / "run", epochs=3, more=["run.val_every=2"])
+    t = fit(cfg, stop_at=1)
+    assert t.best is None and not (tmp_path / "run" / "best.pt").exists()
+    assert (tmp_path / "run" / "last.pt").exists()
+    t = fit(cfg, resume="auto")
+    validated = [h for h in t.history if "selection" in h]
+    assert [h["epoch"] for h in validated] == [1, 2] and "val_loss" not in t.history[0]
+    best = min(validated, key=lambda h: (h["val_loss"], h["epoch"]))
+    state = checkpoint.load(tmp_path / "run" / "best.pt")
+    assert t.best == (best["val_loss"], best["epoch"]) and state["epoch"] == best["epoch"] + 1
+    assert tuple(state["best"]) == t.best
+
+
+def test_best_checkpoint_is_the_best_validated_epoch_and_its_cpm_is_recomputed(held_out, tmp_path):
+    """Selection by validation CPM over 3 validated epochs: best.pt holds the epoch with the
+    highest CPM (the first of equal ones), and detecting the validation scans with best.pt
+    and scoring them with deepem.eval.froc (annotations written out here from the synthetic
+    scans' identity geometry) gives that epoch's recorded CPM exactly. (Validated on the
+    training scans, every mark kept, so that 48 steps of a tiny model score above zero.)"""
+    from deepem.eval import froc
+    from deepem.infer import Detector
+
+    val_file = os.path.join(held_out, "full_and_val.txt")
+    cfg = config(held_out, tmp_path / "run", epochs=3, more=[
+        "run.select=cpm", "data.val_split=" + val_file, "optim.name=adamw", "optim.lr=0.02",
+        "optim.steps_per_epoch=16", "data.random_fraction=0", "detect.threshold=-1000"])
+    t = fit(cfg)
+    cpms = [h["val_cpm"] for h in t.history]
+    assert len(cpms) == 3 and all(0 <= c <= 1 for c in cpms) and max(cpms) > 0
+    best_epoch = cpms.index(max(cpms))
+    state = checkpoint.load(tmp_path / "run" / "best.pt")
+    assert state["epoch"] == best_epoch + 1 and t.best == (-cpms[best_epoch], best_epoch)
+    val = open(val_file).read().split()
+    det = Detector(str(tmp_path / "run" / "best.pt"), tile=48, margin=8, threshold=-1000)
+    marks, annotations = {}, {}
+    for uid in val:
+        m = det.detect((held_out, uid))
+        marks[uid] = np.stack([m.x, m.y, m.z, m.probability], 1)
+        zyxd = np.load(os.path.join(held_out, uid + "_label.npy"))  # voxel (z, y, x) is world (x, y, z) mm
+        annotations[uid] = np.stack([zyxd[:, 2], zyxd[:, 1], zyxd[:, 0], zyxd[:, 3]], 1).astype(np.float64)
+    assert froc.evaluate(marks, annotations, val, bootstrap=0).cpm == cpms[best_epoch]

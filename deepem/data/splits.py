@@ -6,6 +6,20 @@ import os
 from .uids import check_uids
 
 
+HELD_OUT = "test"  # a splits file's split of this name is held out: only the final scoring reads it
+
+
+def held_out(splits_json: str) -> list:
+    """uids of the held-out split (HELD_OUT) of `splits_json`; none if it has no such split or
+    there is no such file."""
+    if not os.path.isfile(splits_json):
+        return []
+    with open(splits_json) as f:
+        splits = json.load(f)
+    uids = splits.get(HELD_OUT) if isinstance(splits, dict) else None
+    return list(uids) if isinstance(uids, list) else []
+
+
 def read_split(split: str, splits_json: str) -> list:
     """uids of `split`: a text file (one uid a line) if such a file exists, else the name's
     list in `splits_json`. Every uid must be a plain file name (deepem.data.uids)."""

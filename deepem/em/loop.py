@@ -21,7 +21,8 @@ from ..data import datasets
 from ..data.atomic import atomic_write
 from ..model.safe_load import CheckpointError
 from ..train import config as cfg
-from ..train.trainer import Trainer, check_data_root, load_init, lr_at, read_split, validate
+from ..train.trainer import (Trainer, check_data_root, check_not_held_out, load_init, lr_at, read_split,
+                             selection_value, validate)
 from .calibrate import calibrate
 from .estep import CSV_COLUMNS, run_estep
 from .lobe import LobeModel
@@ -72,8 +73,18 @@ def em_fit(config: cfg.TrainConfig, init: Optional[str] = None, resume: Optional
     common = dict(crop_size=c.data.crop_size, seed=c.run.seed, random_fraction=c.data.random_fraction)
     full_set = datasets.CropDataset(c.data.root, full_uids, **common)
     weak_set = datasets.WeakCropDataset(c.data.root, weak_uids, **common)
-    val_set = datasets.CropDataset(c.data.root, read_split(c, c.data.val_split), train=False, crop_size=c.data.crop_size,
-                                   seed=c.run.seed) if c.data.val_split else None
+    val_set = None
+    if c.data.val_split:
+        val_uids = read_split(c, c.data.val_split)
+        check_not_held_out(c, "data.val_split", c.data.val_split, val_uids)
+        val_set = datasets.CropDataset(c.data.root, val_uids, train=False, crop_size=c.data.crop_size, seed=c.run.seed)
+    calibration_uids = read_split(c, em.calibrate) if em.calibrate else []
+    check_not_held_out(c, "em.calibrate", em.calibrate, calibration_uids)
+    weak_calibration = sorted(set(calibration_uids) & set(weak_uids))
+    if weak_calibration:  # its true boxes are what EM must never read
+        raise cfg.ConfigError("config key 'em.calibrate' ('%s') holds %d weak scan(s) of em.weak_split (e.g. %s): the "
+                              "calibration reads its scans' true boxes; calibrate on a fully labelled split (e.g. val)"
+                              % (em.calibrate, len(weak_calibration), weak_calibration[0]))
     lobe = LobeModel().to(t.device)
     boxes, weights = {}, {}
     state = t.resume(resume, trusted) if resume else None
@@ -94,7 +105,6 @@ def em_fit(config: cfg.TrainConfig, init: Optional[str] = None, resume: Optional
     if state is not None:
         teacher.load_state_dict(state["em"].get("teacher", {}))
     t.after_step.append(teacher.update)
-    calibration_uids = read_split(c, em.calibrate) if em.calibrate else []
     estep = estep or run_estep
     end = c.optim.epochs if stop_at is None else min(stop_at, c.optim.epochs)
     while t.epoch < end:
@@ -132,7 +142,7 @@ def em_fit(config: cfg.TrainConfig, init: Optional[str] = None, resume: Optional
         t.history.append(record)
         t.log({"kind": "epoch", **record})
         t.epoch = epoch + 1
-        t.save(metric.get("selection", record["train"]["loss"]),
+        t.save(selection_value(record, val_set is not None),
                extra={"em": {"lobe": lobe.state_dict(), "boxes": to_tensors(boxes), "weights": to_tensors(weights),
                              "teacher": teacher.state_dict()}})
         t.plot()

@@ -21,7 +21,7 @@ class DataConfig:
     root: str = ""  # preprocessed folder (deepem preprocess output)
     splits: str = ""  # JSON {split name: [uids]}; default: <root>/splits.json
     train_split: str = "full"  # split name in `splits`, or a text file with one uid a line
-    val_split: str = "val"  # split for model selection ('' for none); never the test split
+    val_split: str = "val"  # split for model selection ('' for none); never the test split (refused)
     crop_size: int = 96  # training crop side (voxels, multiple of 16)
     random_fraction: float = 0.3  # share of random crops (DeepLung: 0.3)
     workers: int = 2  # DataLoader worker processes (0: load in the main process)
@@ -112,7 +112,8 @@ class EMConfig:
     box_z_from_label: bool = False  # a pseudo box's centre z is its label's slice, not the proposal's
     pseudo_scale: float = 1.0  # pseudo box diameter = the proposal's times this
     calibrate: str = ""  # a fully labelled split (e.g. val): fit logit_shift, temperature, mu, sigma and
-    #                      min_posterior on it before each E-step (deepem/em/calibrate.py)
+    #                      min_posterior on it before each E-step (deepem/em/calibrate.py); never the test
+    #                      split nor the weak split (refused: it reads its scans' true boxes)
 
 
 @dataclass
@@ -316,6 +317,24 @@ def validate(config: TrainConfig) -> None:
         raise ConfigError("config key 'em.method' must be map or sample, got '%s'" % c.em.method)
     if c.run.amp not in ("none", "bf16", "fp16"):
         raise ConfigError("config key 'run.amp' must be none, bf16 or fp16, got '%s'" % c.run.amp)
+    check_split_roles(c)
+
+
+def check_split_roles(config: TrainConfig) -> None:
+    """The splits whose names say what they are: model selection and the E-step's calibration
+    never read the held-out test split (deepem.data.splits.HELD_OUT), and the calibration never
+    the weak split (it reads its scans' true boxes). Training refuses a split holding test
+    scans under any name as well (deepem.train.trainer.check_not_held_out)."""
+    from ..data.splits import HELD_OUT
+
+    c = config
+    for key, split in (("data.val_split", c.data.val_split), ("em.calibrate", c.em.calibrate)):
+        if split and split == HELD_OUT:
+            raise ConfigError("config key '%s' must not be the held-out '%s' split: only the final scoring reads it; "
+                              "select and calibrate on a validation split (e.g. val)" % (key, split))
+    if c.em.calibrate and c.em.calibrate == c.em.weak_split:
+        raise ConfigError("config key 'em.calibrate' must not be the weak split ('%s', em.weak_split): the calibration "
+                          "reads its scans' true boxes; calibrate on a fully labelled split (e.g. val)" % c.em.calibrate)
 
 
 def save_config(config: TrainConfig, path: str) -> None:

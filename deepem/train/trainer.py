@@ -14,7 +14,7 @@ from ..data import datasets, splits
 from ..data.atomic import atomic_write, remove_stale_temps
 from ..model import DetectionLoss, Res18
 from . import checkpoint, distributed
-from .config import TrainConfig, save_config, to_dict
+from .config import ConfigError, TrainConfig, save_config, to_dict
 from .ema import WeightAverage
 from .sampling import EpochSampler
 
@@ -30,6 +30,25 @@ def read_split(config: TrainConfig, name: str) -> list:
     """uids of a split: a name in the splits JSON (data.splits, default <root>/splits.json), or
     a text file with one uid a line."""
     return splits.read_split(name, config.data.splits or os.path.join(config.data.root, "splits.json"))
+
+
+def check_not_held_out(config: TrainConfig, key: str, split: str, uids) -> None:
+    """Refuses split `split` (config key `key`) when it holds scans of the splits file's
+    held-out split (deepem.data.splits.HELD_OUT, 'test': read only by the final scoring):
+    model selection and the E-step's calibration never see them, whatever the split is called."""
+    path = config.data.splits or os.path.join(config.data.root, "splits.json")
+    overlap = sorted(set(splits.held_out(path)) & set(uids))
+    if overlap:
+        raise ConfigError("config key '%s' ('%s') holds %d scan(s) of the held-out '%s' split of %s (e.g. %s): "
+                          "that split is for the final scoring only; select and calibrate on a validation split"
+                          % (key, split, len(overlap), splits.HELD_OUT, path, overlap[0]))
+
+
+def selection_value(record: dict, validating: bool):
+    """What model selection minimises for one epoch's record. A run with a validation split
+    selects only among its validated epochs (None on the epochs it skips, so that no training
+    loss competes with a validation metric); a run without one, by the training loss."""
+    return record.get("selection") if validating else record["train"]["loss"]
 
 
 def check_data_root(root: str) -> None:
@@ -421,7 +440,9 @@ def fit(config: TrainConfig, resume: Optional[str] = None, trainer: Optional[Tra
                                      random_fraction=c.data.random_fraction, **common)
     val_set = None
     if c.data.val_split:
-        val_set = datasets.CropDataset(c.data.root, read_split(c, c.data.val_split), train=False, **common)
+        val_uids = read_split(c, c.data.val_split)
+        check_not_held_out(c, "data.val_split", c.data.val_split, val_uids)
+        val_set = datasets.CropDataset(c.data.root, val_uids, train=False, **common)
     t.open_run_folder()
     state = t.resume(resume, trusted) if resume else None
     if state is None and init:
@@ -433,6 +454,6 @@ def fit(config: TrainConfig, resume: Optional[str] = None, trainer: Optional[Tra
         t.history.append(record)
         t.log({"kind": "epoch", **record})
         t.epoch = epoch + 1
-        t.save(record.get("selection", train["loss"]))
+        t.save(selection_value(record, val_set is not None))
         t.plot()
     return t
