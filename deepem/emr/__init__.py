@@ -8,6 +8,10 @@
 - reports.py: findings of free-text chest CT reports (lobe, image reference, size, texture);
 - weak_labels.py: both sources -> weak_labels.csv and weak_labels_rejected.csv.
 
-This stage sits beside deepem.data and imports only from it. Optional libraries (pydicom,
-medspaCy) are imported where they are used, so `import deepem.emr` needs neither.
+This stage sits beside deepem.data and imports only from it. The optional library (pydicom)
+is imported where it is used, so `import deepem.emr` does not need it; reports.py uses the
+standard library alone.
 """
+from .reports import Finding, extract_findings, extract_mentions
+
+__all__ = ["Finding", "extract_findings", "extract_mentions"]
