@@ -98,3 +98,19 @@ def test_strict_policy_without_image_info_only_adds_ambiguous_rows(data, tmp_pat
     assert set(extra) <= {"ambiguous_series"}
     assert {lb.source for lb in strict.labels} <= {lb.source for lb in named.labels}
     assert len(strict.labels) + extra["ambiguous_series"] == len(named.labels)
+
+
+def test_reports_mined_against_the_truth(data, tmp_path):
+    from deepem.emr.weak_labels import mine_reports
+
+    root, splits = data
+    records, out = os.path.join(root, "records"), str(tmp_path / "mined")
+    mining = mine_reports(os.path.join(records, "reports.csv"), os.path.join(records, "dicom"), out, progress=False)
+    labels = tables.read_weak_labels(os.path.join(out, "weak_labels.csv"))
+    score = score_labels(labels, *read_truth(root, splits["weak"]))
+    # the reports name every nodule with its image: every one becomes a right label
+    assert score["precision"] == 1.0 and score["recall"] == 1.0 and score["nodules"] > 10
+    assert {r for _, r, _ in mining.rejected} <= {"negated", "resolved", "non_pulmonary", "calcified"}
+    assert all(src.split("/")[-1].startswith("other") for src, _, _ in mining.rejected)
+    with open(os.path.join(records, "reports.csv"), newline="") as f:
+        assert len(list(csv.DictReader(f))) == len(splits["weak"])

@@ -31,6 +31,8 @@ REASONS = {
     "negated": "the report says there is no such nodule",
     "resolved": "a prior nodule that has resolved or is no longer seen",
     "non_pulmonary": "a nodule of another organ (thyroid, liver, adrenal, ...)",
+    "calcified": "a calcified (benign) nodule or granuloma",
+    "hypothetical": "guideline or recommendation text, not a finding",
     "no_lobe": "the report names no single lung lobe",
     "no_image_ref": "the report gives no image number",
 }
@@ -157,28 +159,30 @@ def read_reports(path):
 
 
 def report_labels(reports, index, policy="strict"):
-    """Reports (read_reports) -> Mining: one label or rejection per nodule mention."""
-    from .reports import extract_mentions
+    """Reports (read_reports) -> Mining: one label or rejection per current nodule (a nodule
+    named again in the impression counts once) and a rejection per other nodule mention."""
+    from .reports import extract_findings, extract_mentions
 
     mining = Mining()
     for line, study_uid, accession, text in reports:
         study = index.study(study_uid, accession)
         name = study_uid or "accession:" + accession
-        for k, m in enumerate(extract_mentions(text), 1):
+        for k, f in enumerate(extract_findings(text), 1):
             src = "report:%s/%d" % (name, k)
-            if m.status != "current":
-                mining.reject(src, m.status, m.text[:200])
-            elif m.lobe < 0:
-                mining.reject(src, "no_lobe", m.text[:200])
-            elif m.image is None:
-                mining.reject(src, "no_image_ref", m.text[:200])
+            if f.lobe < 0:
+                mining.reject(src, "no_lobe", f.text[:200])
+            elif f.image is None:
+                mining.reject(src, "no_image_ref", f.text[:200])
             else:
-                placed, why = place(study, m.image, series_number=m.series, policy=policy)
+                placed, why = place(study, f.image, series_number=f.series, policy=policy)
                 if placed is None:
                     mining.reject(src, *why)
                     continue
-                mining.labels.append(WeakLabel(placed.series_uid, placed.z, placed.slice, m.lobe, m.diameter_mm,
-                                               m.texture, src))
+                mining.labels.append(WeakLabel(placed.series_uid, placed.z, placed.slice, f.lobe, f.diameter_mm,
+                                               f.texture, src))
+        others = [m for m in extract_mentions(text) if m.status != "current"]
+        for k, m in enumerate(others, 1):
+            mining.reject("report:%s/other%d" % (name, k), m.status, m.text[:200])
     return mining
 
 
