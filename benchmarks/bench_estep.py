@@ -8,6 +8,9 @@ the whole batch (stated in the output); its cost per scan does not depend on the
 
     python benchmarks/bench_estep.py [--json PATH] [--baseline-scans N] [--repeats R]
 
+"record terms on": every weak label also carries a recorded diameter and texture (the size
+and texture terms of em_posterior, not the paper's), the same picks after.
+
 Where the time goes (large case, one core): em_posterior writes the dense [B, M, P] log
 posterior (48 MB in float32; allocating and first-touching it alone costs tens of ms), then
 em_map and em_sample read it again, while the loop only touches each label's admissible
@@ -54,6 +57,17 @@ def make_case(B, P, M, seed=0, depth=300.0, lobes=6):
                 weak_lobe=weak_lobe, num_weak=num_weak, lobe_log_probs=lobe_log_probs)
 
 
+def with_records(case, seed=1, textures=3):
+    """The case with every weak label's recorded diameter and texture (the record terms on)
+    and a texture model's log p(texture | proposal)."""
+    rng = np.random.default_rng(seed)
+    B, P, M = case["proposals"].shape[0], case["proposals"].shape[1], case["weak_z"].shape[1]
+    logits = rng.normal(0, 1, (B, P, textures))
+    return dict(case, weak_diameter=rng.uniform(4, 20, (B, M)).astype(np.float32),
+                weak_texture=rng.integers(0, textures, (B, M)),
+                texture_log_probs=(logits - np.log(np.exp(logits).sum(-1, keepdims=True))).astype(np.float32))
+
+
 def numpy_loop(case, scans, k=K, mu=DEFAULT_MU, sigma=DEFAULT_SIGMA, z_window=DEFAULT_Z_WINDOW,
                seed=0):
     """The public code's E-step per scan and per weak label (layers.py GetPBB), minus its NMS."""
@@ -98,7 +112,7 @@ def to_torch(case, device):
 
 
 def deepem_estep(t):
-    lp, has = em_posterior(**t)
+    lp, has = em_posterior(**t, size_sigma=0.5, texture_weight=0.1)  # the record terms apply when t has them
     return lp, em_map(lp), em_sample(lp, K, seed=0, offset=0)
 
 
@@ -129,22 +143,31 @@ def main(argv=None):
         base = t * B / scans
         rows = [(f"numpy loop (public code){'' if scans == B else f', {scans} scans x {B / scans:g}'}", base)]
         tc = to_torch(case, "cpu")
+        tr = to_torch(with_records(case), "cpu")
 
         def one_thread():
             total = timeit(lambda: deepem_estep(tc), **runs(args.repeats))
+            total_records = timeit(lambda: deepem_estep(tr), **runs(args.repeats))
             lp = deepem_estep(tc)[0]
-            return total, {"em_posterior": timeit(lambda: em_posterior(**tc), **runs(args.repeats)),
-                           "em_map": timeit(lambda: em_map(lp), **runs(args.repeats)),
-                           "em_sample": timeit(lambda: em_sample(lp, K), **runs(args.repeats))}
+            return total, total_records, {
+                "em_posterior": timeit(lambda: em_posterior(**tc), **runs(args.repeats)),
+                "em_posterior with record terms": timeit(lambda: em_posterior(**tr, size_sigma=0.5, texture_weight=0.1),
+                                                         **runs(args.repeats)),
+                "em_map": timeit(lambda: em_map(lp), **runs(args.repeats)),
+                "em_sample": timeit(lambda: em_sample(lp, K), **runs(args.repeats))}
 
-        total, parts = with_threads(1, one_thread)
+        total, total_records, parts = with_threads(1, one_thread)
         rows.append(("deepem CPU, 1 thread", total))
+        rows.append(("deepem CPU, 1 thread, record terms on (size, texture)", total_records))
         if threads_all > 1:
             rows.append((f"deepem CPU, {threads_all} threads",
                          timeit(lambda: deepem_estep(tc), **runs(args.repeats))))
         if torch.cuda.is_available():
             tg = to_torch(case, "cuda")
             rows.append(("deepem CUDA", timeit(lambda: deepem_estep(tg), cuda=True, **runs(args.repeats))))
+            tgr = to_torch(with_records(case), "cuda")
+            rows.append(("deepem CUDA, record terms on", timeit(lambda: deepem_estep(tgr), cuda=True,
+                                                                **runs(args.repeats))))
         entry = {"case": name, "B": B, "P": P, "M": M, "weak_labels": labels,
                  "baseline_scans_timed": scans, "timings_s": {}, "cpu_1_thread_parts_s": parts}
         for impl, sec in rows:

@@ -23,15 +23,20 @@ constexpr const char* kSchemas[] = {
     // The DeepEM E-step (csrc/common/estep.h): posterior of each weak label over its scan's
     // proposals, returned with a per-label "has an admissible proposal" flag; MAP and Gumbel
     // top-k sampling picks (-1: none).
+    // The record terms (size, texture) are optional and off by default.
     "em_posterior(Tensor proposals, Tensor num_proposals, Tensor weak_z, Tensor weak_lobe, "
-    "Tensor num_weak, Tensor? lobe_log_probs, float mu, float sigma, float z_window) "
+    "Tensor num_weak, Tensor? lobe_log_probs, float mu, float sigma, float z_window, "
+    "Tensor? weak_diameter=None, float size_sigma=1.0, Tensor? weak_texture=None, "
+    "Tensor? texture_log_probs=None, float texture_weight=1.0) "
     "-> (Tensor log_posterior, Tensor has_candidate)",
     "em_map(Tensor log_posterior) -> Tensor",
     "em_sample(Tensor log_posterior, int k, int seed, int offset) -> Tensor",
     // The CUDA E-step kernels' warp grids emulated on the CPU (tests without a GPU).
     "_em_posterior_emulated(Tensor proposals, Tensor num_proposals, Tensor weak_z, "
     "Tensor weak_lobe, Tensor num_weak, Tensor? lobe_log_probs, float mu, float sigma, "
-    "float z_window) -> (Tensor log_posterior, Tensor has_candidate)",
+    "float z_window, Tensor? weak_diameter=None, float size_sigma=1.0, "
+    "Tensor? weak_texture=None, Tensor? texture_log_probs=None, float texture_weight=1.0) "
+    "-> (Tensor log_posterior, Tensor has_candidate)",
     "_em_map_emulated(Tensor log_posterior) -> Tensor",
     "_em_sample_emulated(Tensor log_posterior, int k, int seed, int offset) -> Tensor",
     "anchors3d(Tensor anchor_shapes, int[] feature_size, float[] stride, float[] offset, "

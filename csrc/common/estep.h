@@ -4,6 +4,7 @@
 //
 // Posterior of weak label m (slice z_m, lobe l_m) over the proposals H of its scan:
 //   log w(H) = log sigmoid(logit_H) + log N+(max(|z_m - z_H| - mu, 0); sigma) + log p(l_m | H)
+//              [+ the record terms of EmLabelRecord, where the label has them]
 //   log p(H | m) = log w(H) - logsumexp_H' log w(H')
 // A proposal outside the label's z window, or whose log w is not finite (NaN inputs, logit
 // -inf, lobe log-probability -inf or +inf), has probability 0 (log -inf).
@@ -31,13 +32,65 @@ struct EmParams {
   T z_window;     // proposals with |z_m - z_H| > z_window are not admissible
   T log_norm;     // log(2 / sqrt(2 pi sigma^2))
   T inv_two_var;  // 1 / (2 sigma^2)
+  T inv_two_var_size;  // record size term: 1 / (2 s^2), s the spread of log diameter
+  T texture_weight;    // record texture term: its weight
 };
 
 template <typename T>
-EmParams<T> em_params(double mu, double sigma, double z_window) {
+EmParams<T> em_params(double mu, double sigma, double z_window, double size_sigma = 1.0,
+                      double texture_weight = 1.0) {
   const double log_norm = 0.5 * std::log(2.0 / 3.14159265358979323846) - std::log(sigma);
   return EmParams<T>{static_cast<T>(mu), static_cast<T>(z_window), static_cast<T>(log_norm),
-                     static_cast<T>(0.5 / (sigma * sigma))};
+                     static_cast<T>(0.5 / (sigma * sigma)),
+                     static_cast<T>(0.5 / (size_sigma * size_sigma)),
+                     static_cast<T>(texture_weight)};
+}
+
+// What a weak label's record says beyond slice and lobe (all optional):
+//   size term     -(log d_H - log d_m)^2 / (2 s^2)    where the label has a diameter d_m,
+//   texture term  w_t * log p(texture_m | H)          where it has a texture,
+// added to the paper's log weight; a label with neither keeps the paper's weight bit for bit.
+template <typename T>
+struct EmLabelRecord {
+  T log_d;           // log of the recorded diameter; NaN: no size term
+  const T* texture;  // the scan's log p(texture | proposal) [P, K] at the label's texture column,
+                     // or null: no texture term
+  int64_t texture_stride;  // K
+};
+
+template <typename T>
+DEEPEM_HD EmLabelRecord<T> em_no_record() {
+  return EmLabelRecord<T>{T(NAN), nullptr, 0};
+}
+
+template <typename T>
+DEEPEM_HD bool em_has_record(const EmLabelRecord<T>& rec) {
+  return (rec.log_d == rec.log_d) || rec.texture != nullptr;
+}
+
+// The record of label row r = b * M + m: log_diameter [B, M] (NaN: none), texture [B, M]
+// (-1: none) and texture_log_probs [B, P, K]; null pointers where the op has no such input.
+template <typename T>
+DEEPEM_HD EmLabelRecord<T> em_label_record(const T* log_diameter, const int64_t* texture,
+                                           const T* texture_log_probs, int64_t K, int64_t P,
+                                           int64_t b, int64_t r) {
+  EmLabelRecord<T> rec = em_no_record<T>();
+  if (log_diameter) rec.log_d = log_diameter[r];
+  if (texture && texture[r] >= 0) {
+    rec.texture = texture_log_probs + b * P * K + texture[r];
+    rec.texture_stride = K;
+  }
+  return rec;
+}
+
+// The record terms of proposal p (log diameter log_d_h) under label `rec`.
+template <typename T>
+DEEPEM_HD T em_record_term(T log_d_h, int64_t p, const EmLabelRecord<T>& rec,
+                           const EmParams<T>& prm) {
+  const T t = log_d_h - rec.log_d;
+  const T size = rec.log_d == rec.log_d ? -(t * t) * prm.inv_two_var_size : T(0);
+  const T tex = rec.texture ? prm.texture_weight * rec.texture[p * rec.texture_stride] : T(0);
+  return size + tex;
 }
 
 // libm on the host, CUDA's overloads on the device (float stays float on both).
@@ -81,20 +134,26 @@ DEEPEM_HD T em_log_sigmoid(T x) {
 // lobe term (0 when there is no lobe model). -inf when not admissible (see the top).
 // Written with selects, no early return, so that CPU compilers need no unpredictable branch.
 template <typename T>
-DEEPEM_HD T em_log_weight(T log_sig, T z, T z_m, T lobe_log_prob, const EmParams<T>& prm) {
+DEEPEM_HD T em_log_weight(T log_sig, T z, T z_m, T lobe_log_prob, const EmParams<T>& prm,
+                          T record = T(0), bool has_record = false) {
   const T dz = em_abs(z - z_m);
   T t = dz - prm.mu;
   t = t > T(0) ? t : T(0);
-  const T w = log_sig + prm.log_norm - t * t * prm.inv_two_var + lobe_log_prob;
+  T w = log_sig + prm.log_norm - t * t * prm.inv_two_var + lobe_log_prob;
+  w = has_record ? w + record : w;  // a select: without a record, the paper's weight exactly
   // Inside the window (false for a NaN z) and finite (w - w is NaN for NaN and +-inf).
   const bool ok = (dz <= prm.z_window) & (w - w == T(0));
   return ok ? w : T(-INFINITY);
 }
 
-// A proposal row (logit, z, y, x, d).
+// A proposal row (logit, z, y, x, d) at position p.
 template <typename T>
-DEEPEM_HD T em_log_weight_of(const T* proposal, T z_m, T lobe_log_prob, const EmParams<T>& prm) {
-  return em_log_weight(em_log_sigmoid(proposal[0]), proposal[1], z_m, lobe_log_prob, prm);
+DEEPEM_HD T em_log_weight_of(const T* proposal, int64_t p, T z_m, T lobe_log_prob,
+                             const EmLabelRecord<T>& rec, const EmParams<T>& prm) {
+  const bool has_record = em_has_record(rec);
+  const T record = has_record ? em_record_term(em_log(proposal[4]), p, rec, prm) : T(0);
+  return em_log_weight(em_log_sigmoid(proposal[0]), proposal[1], z_m, lobe_log_prob, prm, record,
+                       has_record);
 }
 
 // The per-label work of the CUDA posterior kernel (and its CPU emulation), split by lane: lane
@@ -106,14 +165,14 @@ DEEPEM_HD T em_log_weight_of(const T* proposal, T z_m, T lobe_log_prob, const Em
 // log normaliser. Positions n..P-1 (padding) get -inf in pass 1.
 template <typename T>
 DEEPEM_HD T em_lane_weights(const T* proposals, const T* lobe_log_probs, int64_t lobe_stride,
-                            int64_t lobe, int64_t n, int64_t P, T z_m, const EmParams<T>& prm,
-                            int64_t lane, int64_t lanes, T* out) {
+                            int64_t lobe, int64_t n, int64_t P, T z_m, const EmLabelRecord<T>& rec,
+                            const EmParams<T>& prm, int64_t lane, int64_t lanes, T* out) {
   T best = T(-INFINITY);
   for (int64_t p = lane; p < P; p += lanes) {
     T w = T(-INFINITY);
     if (p < n) {
       const T lobe_term = lobe_log_probs ? lobe_log_probs[p * lobe_stride + lobe] : T(0);
-      w = em_log_weight_of(proposals + 5 * p, z_m, lobe_term, prm);
+      w = em_log_weight_of(proposals + 5 * p, p, z_m, lobe_term, rec, prm);
     }
     out[p] = w;
     best = w > best ? w : best;

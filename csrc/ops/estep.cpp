@@ -37,14 +37,77 @@ void check_counts(const at::Tensor& counts, int64_t upper, const char* op, const
               counts.max().item<int64_t>());
 }
 
+// Labels that are real (not padding): bool [B, M].
+at::Tensor real_labels(const EmPosteriorInputs& in) {
+  const int64_t M = in.weak_z.size(1);
+  return at::arange(M, in.num_weak.options()).unsqueeze(0) < in.num_weak.unsqueeze(1);
+}
+
+void check_record_args(EmPosteriorInputs& in, const c10::optional<at::Tensor>& weak_diameter,
+                       double size_sigma, const c10::optional<at::Tensor>& weak_texture,
+                       const c10::optional<at::Tensor>& texture_log_probs,
+                       double texture_weight) {
+  const int64_t B = in.proposals.size(0), P = in.proposals.size(1), M = in.weak_z.size(1);
+  const at::ScalarType dt = in.proposals.scalar_type();
+  if (weak_diameter.has_value()) {
+    const at::Tensor& d = *weak_diameter;
+    check_shape(d, {B, M}, "one recorded diameter per weak label, NaN where none", kOp,
+                "weak_diameter");
+    check_floating(d, kOp, "weak_diameter");
+    check_same_device(d, in.proposals, kOp, "weak_diameter", "proposals");
+    DEEPEM_CHECK(std::isfinite(size_sigma) && size_sigma > 0.0, kOp,
+                ": argument 'size_sigma' must be a finite number > 0, got ", size_sigma);
+    const at::Tensor dd = d.to(dt);
+    const at::Tensor bad = at::logical_and(at::logical_not(at::isnan(dd)),
+                                           at::logical_not(at::logical_and(at::isfinite(dd), dd > 0)))
+                               .logical_and_(real_labels(in));
+    DEEPEM_CHECK(!bad.any().item<bool>(), kOp,
+                ": argument 'weak_diameter' must hold a diameter > 0 (finite) or NaN (unknown) "
+                "for every real label");
+    in.weak_log_diameter = dd.log().contiguous();
+    in.size_sigma = size_sigma;
+  }
+  DEEPEM_CHECK(weak_texture.has_value() == texture_log_probs.has_value(), kOp,
+              ": arguments 'weak_texture' and 'texture_log_probs' go together (the labels' "
+              "textures and log p(texture | proposal)); got only ",
+              weak_texture.has_value() ? "'weak_texture'" : "'texture_log_probs'");
+  if (weak_texture.has_value()) {
+    const at::Tensor& tp = *texture_log_probs;
+    DEEPEM_CHECK(tp.dim() == 3 && tp.size(0) == B && tp.size(1) == P && tp.size(2) >= 1, kOp,
+                ": argument 'texture_log_probs' must have shape [", B, ", ", P,
+                ", K] (log p(texture | proposal), K >= 1 textures), got ", tp.sizes());
+    check_floating(tp, kOp, "texture_log_probs");
+    check_same_device(tp, in.proposals, kOp, "texture_log_probs", "proposals");
+    check_shape(*weak_texture, {B, M}, "one texture id per weak label, -1 where none", kOp,
+                "weak_texture");
+    check_integer(*weak_texture, kOp, "weak_texture");
+    check_same_device(*weak_texture, in.proposals, kOp, "weak_texture", "proposals");
+    DEEPEM_CHECK(std::isfinite(texture_weight) && texture_weight > 0.0, kOp,
+                ": argument 'texture_weight' must be a finite number > 0, got ", texture_weight);
+    in.weak_texture = weak_texture->to(at::kLong).contiguous();
+    in.texture_log_probs = tp.to(dt).contiguous();
+    in.texture_weight = texture_weight;
+    if (B > 0 && M > 0) {
+      const at::Tensor out_of_range =
+          at::logical_or(in.weak_texture < -1, in.weak_texture >= tp.size(2))
+              .logical_and_(real_labels(in));
+      DEEPEM_CHECK(!out_of_range.any().item<bool>(), kOp,
+                  ": argument 'weak_texture' must hold texture ids in [0, ", tp.size(2),
+                  ") (the last dimension of 'texture_log_probs') or -1 (none) for every real "
+                  "label");
+    }
+  }
+}
+
 }  // namespace
 
-EmPosteriorInputs check_em_posterior_args(const at::Tensor& proposals,
-                                          const at::Tensor& num_proposals,
-                                          const at::Tensor& weak_z, const at::Tensor& weak_lobe,
-                                          const at::Tensor& num_weak,
-                                          const c10::optional<at::Tensor>& lobe_log_probs,
-                                          double mu, double sigma, double z_window) {
+EmPosteriorInputs check_em_posterior_args(
+    const at::Tensor& proposals, const at::Tensor& num_proposals, const at::Tensor& weak_z,
+    const at::Tensor& weak_lobe, const at::Tensor& num_weak,
+    const c10::optional<at::Tensor>& lobe_log_probs, double mu, double sigma, double z_window,
+    const c10::optional<at::Tensor>& weak_diameter, double size_sigma,
+    const c10::optional<at::Tensor>& weak_texture,
+    const c10::optional<at::Tensor>& texture_log_probs, double texture_weight) {
   DEEPEM_CHECK(proposals.dim() == 3 && proposals.size(2) == 5, kOp,
               ": argument 'proposals' must have shape [B, P, 5] (logit, z, y, x, d), got ",
               proposals.sizes());
@@ -100,6 +163,8 @@ EmPosteriorInputs check_em_posterior_args(const at::Tensor& proposals,
                   ") (the last dimension of 'lobe_log_probs') for every real label");
     }
   }
+  check_record_args(in, weak_diameter, size_sigma, weak_texture, texture_log_probs,
+                    texture_weight);
   return in;
 }
 
@@ -119,9 +184,13 @@ namespace {
 std::tuple<at::Tensor, at::Tensor> em_posterior_cpu(
     const at::Tensor& proposals, const at::Tensor& num_proposals, const at::Tensor& weak_z,
     const at::Tensor& weak_lobe, const at::Tensor& num_weak,
-    const c10::optional<at::Tensor>& lobe_log_probs, double mu, double sigma, double z_window) {
+    const c10::optional<at::Tensor>& lobe_log_probs, double mu, double sigma, double z_window,
+    const c10::optional<at::Tensor>& weak_diameter, double size_sigma,
+    const c10::optional<at::Tensor>& weak_texture,
+    const c10::optional<at::Tensor>& texture_log_probs, double texture_weight) {
   const EmPosteriorInputs in = check_em_posterior_args(
-      proposals, num_proposals, weak_z, weak_lobe, num_weak, lobe_log_probs, mu, sigma, z_window);
+      proposals, num_proposals, weak_z, weak_lobe, num_weak, lobe_log_probs, mu, sigma, z_window,
+      weak_diameter, size_sigma, weak_texture, texture_log_probs, texture_weight);
   auto [log_post, has] = em_posterior_cpu_kernel(in, mu, sigma, z_window);
   return {log_post.to(proposals.scalar_type()), has};
 }

@@ -8,6 +8,10 @@ values there (NaN included) leave the results unchanged.
 Posterior of weak label m (central slice z_m, lobe l_m) over proposal H = (logit, z, y, x, d):
 
     p(H | m) ∝ sigmoid(logit) · N+(max(|z_m - z_H| - mu, 0); sigma) · p(l_m | H)
+               [· exp(-(log d_H - log d_m)^2 / (2 s^2)) · p(t_m | H)^w_t]
+
+where the bracketed record terms (not the paper's; off by default) apply to labels whose
+record gives a diameter d_m or a texture t_m.
 
 with N+ the half-Gaussian density 2 / sqrt(2 pi sigma^2) · exp(-t^2 / (2 sigma^2)). A proposal
 with |z_m - z_H| > z_window, or whose log weight is not finite (NaN inputs, logit -inf, lobe
@@ -39,6 +43,11 @@ def em_posterior(
     mu: float = DEFAULT_MU,
     sigma: float = DEFAULT_SIGMA,
     z_window: float = DEFAULT_Z_WINDOW,
+    weak_diameter: Optional[Tensor] = None,
+    size_sigma: float = 1.0,
+    weak_texture: Optional[Tensor] = None,
+    texture_log_probs: Optional[Tensor] = None,
+    texture_weight: float = 1.0,
 ) -> Tuple[Tensor, Tensor]:
     """Log posterior of every weak label over its scan's proposals.
 
@@ -52,6 +61,14 @@ def em_posterior(
         lobe_log_probs: optional [B, P, L], log p(lobe | proposal) (e.g. log_softmax of the
             lobe model); without it the lobe term is 1.
         mu, sigma: half-Gaussian parameters (mm); z_window: admissible |z_m - z_H| (inf: all).
+        weak_diameter: optional [B, M] floating, each label's recorded diameter (the unit of
+            the proposals' d), NaN where the record has none. A label with one gets the size
+            term -(log d_H - log d_m)^2 / (2 size_sigma^2); a proposal with d <= 0 or NaN then
+            has probability 0 under it.
+        weak_texture, texture_log_probs: optional together: [B, M] integer texture id of each
+            label (0..K-1, -1 where none) and [B, P, K] log p(texture | proposal). A label with
+            a texture gets the term texture_weight * log p(texture_m | H) (texture_weight > 0).
+        Labels without a diameter or texture keep the paper's posterior bit for bit.
 
     Returns:
         (log_posterior [B, M, P] in the proposals' dtype, has_candidate [B, M] bool). Each row
@@ -60,7 +77,8 @@ def em_posterior(
     """
     return torch.ops.deepem.em_posterior(
         proposals, num_proposals, weak_z, weak_lobe, num_weak, lobe_log_probs,
-        float(mu), float(sigma), float(z_window),
+        float(mu), float(sigma), float(z_window), weak_diameter, float(size_sigma),
+        weak_texture, texture_log_probs, float(texture_weight),
     )
 
 

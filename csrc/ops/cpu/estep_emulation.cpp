@@ -45,6 +45,7 @@ void posterior_warps(const EmPosteriorInputs& in, const EmParams<T>& prm, T* out
   const int64_t* nweak = in.num_weak.data_ptr<int64_t>();
   const T* lobe_lp = in.lobe_log_probs.defined() ? in.lobe_log_probs.data_ptr<T>() : nullptr;
   const int64_t L = in.lobe_log_probs.defined() ? in.lobe_log_probs.size(2) : 0;
+  const EmRecordPointers<T> records(in);
   for (int64_t r = 0; r < B * M; ++r) {  // warps
     const int64_t b = r / M, m = r % M;
     T* row = out + r * P;
@@ -55,9 +56,10 @@ void posterior_warps(const EmPosteriorInputs& in, const EmParams<T>& prm, T* out
     }
     const int64_t n = counts[b];
     T v[kLanes];
+    const EmLabelRecord<T> rec = records.label(P, b, r);
     for (int l = 0; l < kLanes; ++l) {
       v[l] = em_lane_weights(props + b * P * 5, lobe_lp ? lobe_lp + b * P * L : nullptr, L,
-                             lobes[r], n, P, wz[r], prm, l, kLanes, row);
+                             lobes[r], n, P, wz[r], rec, prm, l, kLanes, row);
     }
     butterfly(v, [](T a, T c) { return a > c ? a : c; });
     const T max_w = v[0];
@@ -75,14 +77,18 @@ void posterior_warps(const EmPosteriorInputs& in, const EmParams<T>& prm, T* out
 std::tuple<at::Tensor, at::Tensor> em_posterior_emulated(
     const at::Tensor& proposals, const at::Tensor& num_proposals, const at::Tensor& weak_z,
     const at::Tensor& weak_lobe, const at::Tensor& num_weak,
-    const c10::optional<at::Tensor>& lobe_log_probs, double mu, double sigma, double z_window) {
+    const c10::optional<at::Tensor>& lobe_log_probs, double mu, double sigma, double z_window,
+    const c10::optional<at::Tensor>& weak_diameter, double size_sigma,
+    const c10::optional<at::Tensor>& weak_texture,
+    const c10::optional<at::Tensor>& texture_log_probs, double texture_weight) {
   const EmPosteriorInputs in = check_em_posterior_args(
-      proposals, num_proposals, weak_z, weak_lobe, num_weak, lobe_log_probs, mu, sigma, z_window);
+      proposals, num_proposals, weak_z, weak_lobe, num_weak, lobe_log_probs, mu, sigma, z_window,
+      weak_diameter, size_sigma, weak_texture, texture_log_probs, texture_weight);
   const int64_t B = in.proposals.size(0), P = in.proposals.size(1), M = in.weak_z.size(1);
   at::Tensor out = at::empty({B, M, P}, in.proposals.options());
   at::Tensor has = at::empty({B, M}, in.proposals.options().dtype(at::kBool));
   AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "em_posterior_emulated", [&] {
-    posterior_warps<scalar_t>(in, em_params<scalar_t>(mu, sigma, z_window),
+    posterior_warps<scalar_t>(in, in.params<scalar_t>(mu, sigma, z_window),
                               out.data_ptr<scalar_t>(), has.data_ptr<bool>());
   });
   return {out.to(proposals.scalar_type()), has};

@@ -32,8 +32,10 @@ void posterior_scans(const EmPosteriorInputs& in, const EmParams<T>& prm, T* out
   const int64_t* nweak = in.num_weak.data_ptr<int64_t>();
   const T* lobe_lp = in.lobe_log_probs.defined() ? in.lobe_log_probs.data_ptr<T>() : nullptr;
   const int64_t L = in.lobe_log_probs.defined() ? in.lobe_log_probs.size(2) : 0;
+  const EmRecordPointers<T> records(in);
   at::parallel_for(0, B, grain_for(M * P), [&](int64_t begin, int64_t end) {
     std::vector<T> log_sig;         // per proposal of the scan: shared by its labels
+    std::vector<T> log_d;           // log diameter per proposal (only with a size term)
     std::vector<int64_t> admitted;  // positions with a finite weight in the current label
     for (int64_t b = begin; b < end; ++b) {
       const int64_t n = counts[b];
@@ -41,6 +43,10 @@ void posterior_scans(const EmPosteriorInputs& in, const EmParams<T>& prm, T* out
       log_sig.resize(n);
       admitted.resize(n);
       for (int64_t p = 0; p < n; ++p) log_sig[p] = em_log_sigmoid(pb[5 * p]);
+      if (records.log_diameter) {
+        log_d.resize(n);
+        for (int64_t p = 0; p < n; ++p) log_d[p] = em_log(pb[5 * p + 4]);
+      }
       for (int64_t m = 0; m < M; ++m) {
         T* row = out + (b * M + m) * P;
         has[b * M + m] = false;
@@ -52,13 +58,26 @@ void posterior_scans(const EmPosteriorInputs& in, const EmParams<T>& prm, T* out
         const T* lobe_col = lobe_lp ? lobe_lp + b * P * L + lobes[b * M + m] : nullptr;
         T max_w = T(-INFINITY);
         int64_t count = 0;
-        for (int64_t p = 0; p < n; ++p) {  // weights are finite or -inf, never NaN
-          const T w = em_log_weight(log_sig[p], pb[5 * p + 1], z_m,
-                                    lobe_col ? lobe_col[p * L] : T(0), prm);
-          row[p] = w;
-          admitted[count] = p;
-          count += w > T(-INFINITY);
-          max_w = w > max_w ? w : max_w;
+        const EmLabelRecord<T> rec = records.label(P, b, b * M + m);
+        if (!em_has_record(rec)) {
+          for (int64_t p = 0; p < n; ++p) {  // weights are finite or -inf, never NaN
+            const T w = em_log_weight(log_sig[p], pb[5 * p + 1], z_m,
+                                      lobe_col ? lobe_col[p * L] : T(0), prm);
+            row[p] = w;
+            admitted[count] = p;
+            count += w > T(-INFINITY);
+            max_w = w > max_w ? w : max_w;
+          }
+        } else {
+          for (int64_t p = 0; p < n; ++p) {
+            const T record = em_record_term(records.log_diameter ? log_d[p] : T(0), p, rec, prm);
+            const T w = em_log_weight(log_sig[p], pb[5 * p + 1], z_m,
+                                      lobe_col ? lobe_col[p * L] : T(0), prm, record, true);
+            row[p] = w;
+            admitted[count] = p;
+            count += w > T(-INFINITY);
+            max_w = w > max_w ? w : max_w;
+          }
         }
         std::fill(row + n, row + P, T(-INFINITY));
         if (count == 0) continue;
@@ -82,7 +101,7 @@ std::tuple<at::Tensor, at::Tensor> em_posterior_cpu_kernel(const EmPosteriorInpu
   at::Tensor out = at::empty({B, M, P}, in.proposals.options());
   at::Tensor has = at::empty({B, M}, in.proposals.options().dtype(at::kBool));
   AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "em_posterior_cpu", [&] {
-    posterior_scans<scalar_t>(in, em_params<scalar_t>(mu, sigma, z_window),
+    posterior_scans<scalar_t>(in, in.params<scalar_t>(mu, sigma, z_window),
                               out.data_ptr<scalar_t>(), has.data_ptr<bool>(), M, P);
   });
   return {out, has};

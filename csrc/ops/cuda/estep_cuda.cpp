@@ -16,23 +16,28 @@ namespace {
 std::tuple<at::Tensor, at::Tensor> em_posterior_cuda(
     const at::Tensor& proposals, const at::Tensor& num_proposals, const at::Tensor& weak_z,
     const at::Tensor& weak_lobe, const at::Tensor& num_weak,
-    const c10::optional<at::Tensor>& lobe_log_probs, double mu, double sigma, double z_window) {
+    const c10::optional<at::Tensor>& lobe_log_probs, double mu, double sigma, double z_window,
+    const c10::optional<at::Tensor>& weak_diameter, double size_sigma,
+    const c10::optional<at::Tensor>& weak_texture,
+    const c10::optional<at::Tensor>& texture_log_probs, double texture_weight) {
   const c10::cuda::CUDAGuard guard(proposals.device());
   const EmPosteriorInputs in = check_em_posterior_args(
-      proposals, num_proposals, weak_z, weak_lobe, num_weak, lobe_log_probs, mu, sigma, z_window);
+      proposals, num_proposals, weak_z, weak_lobe, num_weak, lobe_log_probs, mu, sigma, z_window,
+      weak_diameter, size_sigma, weak_texture, texture_log_probs, texture_weight);
   const int64_t B = in.proposals.size(0), P = in.proposals.size(1), M = in.weak_z.size(1);
   at::Tensor out = at::empty({B, M, P}, in.proposals.options());
   at::Tensor has = at::empty({B, M}, in.proposals.options().dtype(at::kBool));
   const bool lobes = in.lobe_log_probs.defined();
   AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "em_posterior_cuda", [&] {
+    const EmRecordPointers<scalar_t> records(in);
     C10_CUDA_CHECK(launch_em_posterior<scalar_t>(
         in.proposals.data_ptr<scalar_t>(), in.num_proposals.data_ptr<int64_t>(),
         in.weak_z.data_ptr<scalar_t>(), in.weak_lobe.data_ptr<int64_t>(),
         in.num_weak.data_ptr<int64_t>(),
         lobes ? in.lobe_log_probs.data_ptr<scalar_t>() : nullptr,
-        lobes ? in.lobe_log_probs.size(2) : 0, B, M, P,
-        em_params<scalar_t>(mu, sigma, z_window), out.data_ptr<scalar_t>(),
-        has.data_ptr<bool>(), c10::cuda::getCurrentCUDAStream()));
+        lobes ? in.lobe_log_probs.size(2) : 0, records.log_diameter, records.texture,
+        records.texture_log_probs, records.K, B, M, P, in.params<scalar_t>(mu, sigma, z_window),
+        out.data_ptr<scalar_t>(), has.data_ptr<bool>(), c10::cuda::getCurrentCUDAStream()));
   });
   return {out.to(proposals.scalar_type()), has};
 }

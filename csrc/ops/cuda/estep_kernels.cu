@@ -40,6 +40,9 @@ __global__ void em_posterior_kernel(const T* __restrict__ proposals,
                                     const int64_t* __restrict__ weak_lobe,
                                     const int64_t* __restrict__ num_weak,
                                     const T* __restrict__ lobe_log_probs, int64_t num_lobes,
+                                    const T* __restrict__ weak_log_diameter,
+                                    const int64_t* __restrict__ weak_texture,
+                                    const T* __restrict__ texture_log_probs, int64_t num_textures,
                                     int64_t B, int64_t M, int64_t P, EmParams<T> prm,
                                     T* __restrict__ out, bool* __restrict__ has) {
   const int64_t lane = threadIdx.x % kWarp;
@@ -53,9 +56,11 @@ __global__ void em_posterior_kernel(const T* __restrict__ proposals,
     }
     const int64_t n = num_proposals[b];
     const T* lobes = lobe_log_probs ? lobe_log_probs + b * P * num_lobes : nullptr;
+    const EmLabelRecord<T> rec = em_label_record(weak_log_diameter, weak_texture,
+                                                 texture_log_probs, num_textures, P, b, r);
     const T max_w = warp_max(em_lane_weights(proposals + b * P * 5, lobes, num_lobes,
-                                             weak_lobe[r], n, P, weak_z[r], prm, lane, kWarp,
-                                             row));
+                                             weak_lobe[r], n, P, weak_z[r], rec, prm, lane,
+                                             kWarp, row));
     if (!(max_w > T(-INFINITY))) {
       if (lane == 0) has[r] = false;
       continue;
@@ -125,12 +130,15 @@ template <typename T>
 cudaError_t launch_em_posterior(const T* proposals, const int64_t* num_proposals,
                                 const T* weak_z, const int64_t* weak_lobe,
                                 const int64_t* num_weak, const T* lobe_log_probs,
-                                int64_t num_lobes, int64_t B, int64_t M, int64_t P,
+                                int64_t num_lobes, const T* weak_log_diameter,
+                                const int64_t* weak_texture, const T* texture_log_probs,
+                                int64_t num_textures, int64_t B, int64_t M, int64_t P,
                                 EmParams<T> params, T* out, bool* has, cudaStream_t stream) {
   if (B * M == 0) return cudaSuccess;
   em_posterior_kernel<T><<<grid_for_rows(B * M), kWarp * kWarpsPerBlock, 0, stream>>>(
-      proposals, num_proposals, weak_z, weak_lobe, num_weak, lobe_log_probs, num_lobes, B, M, P,
-      params, out, has);
+      proposals, num_proposals, weak_z, weak_lobe, num_weak, lobe_log_probs, num_lobes,
+      weak_log_diameter, weak_texture, texture_log_probs, num_textures, B, M, P, params, out,
+      has);
   return cudaGetLastError();
 }
 
@@ -154,10 +162,10 @@ cudaError_t launch_em_sample(const T* log_posterior, int64_t B, int64_t M, int64
 }
 
 #define DEEPEM_INSTANTIATE(T)                                                                  \
-  template cudaError_t launch_em_posterior<T>(const T*, const int64_t*, const T*,              \
-                                              const int64_t*, const int64_t*, const T*,        \
-                                              int64_t, int64_t, int64_t, int64_t, EmParams<T>, \
-                                              T*, bool*, cudaStream_t);                        \
+  template cudaError_t launch_em_posterior<T>(                                                 \
+      const T*, const int64_t*, const T*, const int64_t*, const int64_t*, const T*, int64_t,   \
+      const T*, const int64_t*, const T*, int64_t, int64_t, int64_t, int64_t, EmParams<T>, T*, \
+      bool*, cudaStream_t);                                                                    \
   template cudaError_t launch_em_map<T>(const T*, int64_t, int64_t, int64_t*, cudaStream_t);   \
   template cudaError_t launch_em_sample<T>(const T*, int64_t, int64_t, int64_t, int64_t,       \
                                            uint64_t, uint64_t, double*, int64_t*, cudaStream_t);

@@ -10,11 +10,15 @@
 namespace deepem {
 
 // lobe_log_probs may be null (no lobe term); out [B, M, P], has [B, M].
+// The record inputs may be null (no size / texture term): weak_log_diameter [B, M],
+// weak_texture [B, M], texture_log_probs [B, P, num_textures].
 template <typename T>
 cudaError_t launch_em_posterior(const T* proposals, const int64_t* num_proposals,
                                 const T* weak_z, const int64_t* weak_lobe,
                                 const int64_t* num_weak, const T* lobe_log_probs,
-                                int64_t num_lobes, int64_t B, int64_t M, int64_t P,
+                                int64_t num_lobes, const T* weak_log_diameter,
+                                const int64_t* weak_texture, const T* texture_log_probs,
+                                int64_t num_textures, int64_t B, int64_t M, int64_t P,
                                 EmParams<T> params, T* out, bool* has, cudaStream_t stream);
 
 template <typename T>
