@@ -293,3 +293,21 @@ def test_best_checkpoint_is_the_best_validated_epoch_and_its_cpm_is_recomputed(h
         zyxd = np.load(os.path.join(held_out, uid + "_label.npy"))  # voxel (z, y, x) is world (x, y, z) mm
         annotations[uid] = np.stack([zyxd[:, 2], zyxd[:, 1], zyxd[:, 0], zyxd[:, 3]], 1).astype(np.float64)
     assert froc.evaluate(marks, annotations, val, bootstrap=0).cpm == cpms[best_epoch]
+
+
+def test_em_selects_only_among_validated_epochs(held_out, tmp_path):
+    """The EM loop's model selection follows the same rule as fit's: with run.val_every=2 over 3
+    epochs no best.pt after the unvalidated epoch 0, then the validated epoch of lowest loss."""
+    from deepem.em import em_fit
+
+    fit(config(held_out, tmp_path / "init", epochs=1))
+    cfg = config(held_out, tmp_path / "em", epochs=3, more=["run.val_every=2", "em.weak_steps=1", "em.lobe_steps=2",
+                                                            "em.fraction=1", "run.threads=1"])
+    t = em_fit(cfg, init=str(tmp_path / "init" / "last.pt"), stop_at=1)
+    assert t.best is None and not (tmp_path / "em" / "best.pt").exists()
+    t = em_fit(cfg, resume="auto")
+    validated = [h for h in t.history if "selection" in h]
+    assert [h["epoch"] for h in validated] == [1, 2]
+    best = min(validated, key=lambda h: (h["val_loss"], h["epoch"]))
+    assert t.best == (best["val_loss"], best["epoch"])
+    assert checkpoint.load(tmp_path / "em" / "best.pt")["epoch"] == best["epoch"] + 1
