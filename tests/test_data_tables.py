@@ -89,16 +89,33 @@ def test_seriesuids_with_and_without_header(tmp_path):
 def test_weak_labels_variants(tmp_path):
     p = write(tmp_path / "w.csv", "seriesuid,coordZ,slice,lobe\n%s,-100.5,,3\n%s,,42,\n%s,7,,0\n" % (UID1, UID1, UID2))
     w = tables.read_weak_labels(p)
-    np.testing.assert_array_equal(w[UID1][0], [-100.5, np.nan, 3])
-    np.testing.assert_array_equal(w[UID1][1], [np.nan, 42, -1])
-    np.testing.assert_array_equal(w[UID2], [[7, np.nan, 0]])
+    np.testing.assert_array_equal(w[UID1][0], [-100.5, np.nan, 3, np.nan, -1])
+    np.testing.assert_array_equal(w[UID1][1], [np.nan, 42, -1, np.nan, -1])
+    np.testing.assert_array_equal(w[UID2], [[7, np.nan, 0, np.nan, -1]])
     # a table with only seriesuid and slice
     q = write(tmp_path / "x.csv", "seriesuid,slice\n%s,12\n" % UID1)
-    np.testing.assert_array_equal(tables.read_weak_labels(q)[UID1], [[np.nan, 12, -1]])
+    np.testing.assert_array_equal(tables.read_weak_labels(q)[UID1], [[np.nan, 12, -1, np.nan, -1]])
     tables.write_weak_labels(tmp_path / "y.csv", w)
     back = tables.read_weak_labels(tmp_path / "y.csv")
     for uid in w:
         np.testing.assert_array_equal(back[uid], w[uid])
+
+
+def test_weak_labels_with_record_columns(tmp_path):
+    """A mined table (deepem weak-labels): diameter_mm and texture are read, source ignored."""
+    p = write(tmp_path / "w.csv", "seriesuid,coordZ,slice,lobe,diameter_mm,texture,source\n"
+              "%s,-10.5,7,2,6.5,ground_glass,nlst:1/0/1\n%s,-3,9,0,,,report:1.2/1\n%s,4,1,5,12,part_solid,x\n"
+              % (UID1, UID1, UID2))
+    w = tables.read_weak_labels(p)
+    np.testing.assert_array_equal(w[UID1], [[-10.5, 7, 2, 6.5, 2], [-3, 9, 0, np.nan, -1]])
+    np.testing.assert_array_equal(w[UID2], [[4, 1, 5, 12, 1]])
+    tables.write_weak_labels(tmp_path / "y.csv", w)
+    back = tables.read_weak_labels(tmp_path / "y.csv")
+    for uid in w:
+        np.testing.assert_array_equal(back[uid], w[uid])
+    # [N, 3] arrays (no record) are written with empty record columns
+    tables.write_weak_labels(tmp_path / "z.csv", {UID1: np.array([[1.0, 2.0, 3.0]])})
+    np.testing.assert_array_equal(tables.read_weak_labels(tmp_path / "z.csv")[UID1], [[1, 2, 3, np.nan, -1]])
 
 
 @pytest.mark.parametrize("text, match", [
@@ -107,6 +124,9 @@ def test_weak_labels_variants(tmp_path):
     ("seriesuid,coordZ,lobe\nU,1,1.5\n", r"w.csv line 2, column lobe"),
     ("seriesuid,coordZ,slice\nU,,\n", r"w.csv line 2, columns coordZ/slice: both empty"),
     ("coordZ,slice\n1,2\n", r"w.csv: missing column\(s\) seriesuid"),
+    ("seriesuid,coordZ,diameter_mm\nU,1,0\n", r"w.csv line 2, column diameter_mm: '0' must be > 0"),
+    ("seriesuid,coordZ,diameter_mm\nU,1,big\n", r"w.csv line 2, column diameter_mm: 'big' is not a number"),
+    ("seriesuid,coordZ,texture\nU,1,ggo\n", r"w.csv line 2, column texture: 'ggo' must be one of solid"),
 ])
 def test_weak_label_errors(tmp_path, text, match):
     write(tmp_path / "w.csv", text)
@@ -117,8 +137,19 @@ def test_weak_label_errors(tmp_path, text, match):
 def test_derive_weak_labels_drops_x_y_d():
     ann = {UID1: np.array([[1.0, 2.0, 3.0, 4.0], [5, 6, 7, 8]])}
     w = tables.derive_weak_labels(ann)
-    np.testing.assert_array_equal(w[UID1], [[3, np.nan, -1], [7, np.nan, -1]])
-    w = tables.derive_weak_labels(ann, {UID1: np.array([2, 5])})
+    np.testing.assert_array_equal(w[UID1], [[3, np.nan, -1, np.nan, -1], [7, np.nan, -1, np.nan, -1]])
+    w = tables.derive_weak_labels(ann, {UID1: np.array([2, 5])}, {UID1: np.array([0, 2])})
     np.testing.assert_array_equal(w[UID1][:, 2], [2, 5])
+    np.testing.assert_array_equal(w[UID1][:, 4], [0, 2])
     with pytest.raises(ValueError, match="lobes"):
         tables.derive_weak_labels(ann, {UID1: np.array([2])})
+    with pytest.raises(ValueError, match="textures"):
+        tables.derive_weak_labels(ann, None, {UID1: np.array([2])})
+
+
+def test_derive_weak_labels_measures_diameters_as_a_reader():
+    ann = {UID1: np.column_stack([np.zeros((4000, 3)), np.full(4000, 10.0)])}
+    w = tables.derive_weak_labels(ann, diameter_noise=(0.3, 0.05), rng=np.random.default_rng(0))[UID1]
+    d = w[:, 3]
+    assert np.all(d == np.round(d, 1)) and np.all(d > 0)
+    assert abs(d.mean() - 10.0) < 0.05 and abs(d.std() - 0.8) < 0.05  # sd 0.3 + 0.05 * 10

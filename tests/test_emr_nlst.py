@@ -244,7 +244,7 @@ def test_mine_nlst_writes_labels_and_one_rejection_per_row(exams, tmp_path, caps
     assert "not_nodule" in printed and "1 labels on 1 series; 2 rows rejected" in printed
     # deepem's weak-label reader takes the mined file with its extra columns
     weak = tables.read_weak_labels(os.path.join(out, "weak_labels.csv"))
-    np.testing.assert_array_equal(weak["1.1.1"], [[-87.5, 5.0, 0.0]])
+    np.testing.assert_array_equal(weak["1.1.1"], [[-87.5, 5.0, 0.0, 7.0, 0.0]])  # 7 mm, solid
 
 
 def test_cli_weak_labels_nlst(exams, tmp_path, capsys):

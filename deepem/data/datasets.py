@@ -41,11 +41,18 @@ def load_scan(data_dir, uid, mmap=True):
 
 
 def load_weak(data_dir, uid):
-    """Weak labels [M, 2] (z, lobe) in the preprocessed grid (empty when the file is absent)."""
+    """Weak labels [M, 4] (z, lobe, recorded diameter, texture id) in the preprocessed grid
+    (empty when the file is absent; diameter NaN and texture -1 where the record has none,
+    and in files written before records had them, which hold (z, lobe) only)."""
     path = os.path.join(data_dir, uid + "_weak.npy")
     if not os.path.exists(path):
-        return np.zeros((0, 2), dtype=np.float32)
-    return np.load(path).astype(np.float32).reshape(-1, 2)
+        return np.zeros((0, 4), dtype=np.float32)
+    weak = np.load(path).astype(np.float32)
+    weak = weak.reshape(-1, weak.shape[-1] if weak.ndim == 2 else 2)
+    if weak.shape[1] == 2:
+        weak = np.concatenate([weak, np.full((len(weak), 1), np.nan, np.float32),
+                               np.full((len(weak), 1), -1.0, np.float32)], 1)
+    return weak
 
 
 def normalize(u8):

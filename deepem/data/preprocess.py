@@ -5,7 +5,8 @@ For each scan `uid` it writes into the output folder
                  lung mask and for bone in the dilated rim, resampled to `resolution` mm and
                  cropped to the lung box (margin 5 mm low, 10 mm high)
   uid_label.npy  float32 [N, 4] (z, y, x, d) of annotations.csv in that grid
-  uid_weak.npy   float32 [N, 2] (z, lobe) of the weak labels in that grid (lobe -1: unknown)
+  uid_weak.npy   float32 [N, 4] (z, lobe, recorded diameter, texture id) of the weak labels in
+                 that grid (lobe and texture -1: unknown; diameter NaN: none)
   uid_meta.json  the source geometry and crop box (written last: its presence marks a
                  finished scan, so a rerun skips it and an interrupted one loses nothing)
 
@@ -120,8 +121,9 @@ def is_done(out_dir, uid) -> bool:
 
 
 def preprocess_scan(scan_path, out_dir, uid, annotations=None, weak=None, seg_path=None, resolution=1.0):
-    """Preprocesses one scan; `annotations` [N, 4] world (x, y, z, d), `weak` [N, 3]
-    (coordZ, slice, lobe) as read by deepem.data.tables. Returns the metadata dict."""
+    """Preprocesses one scan; `annotations` [N, 4] world (x, y, z, d), `weak` [N, 5]
+    (coordZ, slice, lobe, diameter_mm, texture id; or the first 3) as read by
+    deepem.data.tables. Returns the metadata dict."""
     volume = io.read_image(scan_path)
     if seg_path is not None:
         right, left = lung_mask.lungs_from_seg(io.read_image(seg_path).array)
@@ -148,14 +150,14 @@ def preprocess_scan(scan_path, out_dir, uid, annotations=None, weak=None, seg_pa
     if annotations is not None and len(annotations):
         ann = np.asarray(annotations, dtype=np.float64).reshape(-1, 4)
         labels = np.concatenate([world_to_grid(ann[:, :3], meta), ann[:, 3:] / resolution], 1).astype(np.float32)
-    weak_out = np.zeros((0, 2), dtype=np.float32)
+    weak_out = np.zeros((0, 4), dtype=np.float32)
     if weak is not None and len(weak):
-        weak = np.asarray(weak, dtype=np.float64).reshape(-1, 3)
+        weak = tables.as_weak_records(weak)
         # coordZ (world mm) when given: more exact than a whole slice index.
         from_z = source_slice_of_world_z(np.nan_to_num(weak[:, 0]), volume)
         sl = np.where(np.isnan(weak[:, 0]), weak[:, 1], from_z)
         z = sl * volume.spacing_zyx[0] / resolution - start[0]
-        weak_out = np.stack([z, weak[:, 2]], 1).astype(np.float32)
+        weak_out = np.stack([z, weak[:, 2], weak[:, 3] / resolution, weak[:, 4]], 1).astype(np.float32)
     meta["n_labels"], meta["n_weak"] = int(len(labels)), int(len(weak_out))
     paths = output_paths(out_dir, uid)
     atomic_write(paths["clean.npy"], lambda f: np.save(f, clean))

@@ -8,8 +8,10 @@ raises TableError naming the file, the line and the column for any bad value.
 - candidates.csv: seriesuid, coordX, coordY, coordZ, class -> [N, 4] (x, y, z, class).
 - seriesuids.csv: one seriesuid a line (LUNA16's has no header; a `seriesuid` header is skipped).
 - weak labels: seriesuid, then coordZ (world mm) and/or slice (index along the scan's z axis),
-  optional lobe (0..5: right upper, right middle, right lower, left upper, lingula, left lower)
-  -> [N, 3] (coordZ, slice, lobe), NaN for a missing coordinate and -1 for an unknown lobe.
+  optional lobe (0..5: right upper, right middle, right lower, left upper, lingula, left lower),
+  optional diameter_mm (the record's long axis) and texture (solid, part_solid, ground_glass);
+  other columns (source, ...) are ignored -> [N, 5] (coordZ, slice, lobe, diameter_mm,
+  texture id), NaN for a missing coordinate or diameter, -1 for an unknown lobe or texture.
 """
 import csv
 import math
@@ -22,7 +24,8 @@ from .uids import check_uid
 
 ANNOTATION_COLUMNS = ("coordX", "coordY", "coordZ", "diameter_mm")
 CANDIDATE_COLUMNS = ("coordX", "coordY", "coordZ", "class")
-WEAK_COLUMNS = ("coordZ", "slice", "lobe")
+WEAK_COLUMNS = ("coordZ", "slice", "lobe", "diameter_mm", "texture")
+WEAK_TEXTURES = ("solid", "part_solid", "ground_glass")  # texture ids 0, 1, 2 (-1: unknown)
 LOBES = ("right upper", "right middle", "right lower", "left upper", "lingula", "left lower")
 
 
@@ -143,24 +146,42 @@ def read_weak_labels(path):
             lobe = _float(path, line, "lobe", text)
             if lobe not in (0, 1, 2, 3, 4, 5, -1):
                 raise TableError("%s line %d, column lobe: %r must be an integer 0..5 (or -1)" % (path, line, text))
-        rows.append((_uid(path, line, row), [z, s, lobe]))
+        d = _float(path, line, "diameter_mm", row.get("diameter_mm", ""), allow_empty=True)
+        if not (math.isnan(d) or d > 0):
+            raise TableError("%s line %d, column diameter_mm: %r must be > 0 (or empty)" % (path, line,
+                                                                                         row["diameter_mm"]))
+        texture = row.get("texture", "")
+        if texture not in WEAK_TEXTURES + ("",):
+            raise TableError("%s line %d, column texture: %r must be one of %s (or empty)"
+                             % (path, line, texture, ", ".join(WEAK_TEXTURES)))
+        tex = float(WEAK_TEXTURES.index(texture)) if texture else -1.0
+        rows.append((_uid(path, line, row), [z, s, lobe, d, tex]))
     return _group(rows)
 
 
-def derive_weak_labels(annotations, lobes=None):
+def derive_weak_labels(annotations, lobes=None, textures=None, diameter_noise=None, rng=None):
     """Weak labels from full annotations: keep coordZ (and the lobe when `lobes`, a dict
-    {uid: int array [N]} aligned with the annotations, is given), drop x, y and d."""
+    {uid: int array [N]} aligned with the annotations, is given), drop x, y and d. As a
+    record would: `textures` ({uid: [N] texture ids, -1 unknown}) gives each label its texture,
+    and `diameter_noise` (a reader's measurement error: its sd in mm, as a + b * d for (a, b))
+    gives it the diameter as a reader measures it (drawn from `rng`, rounded to 0.1 mm)."""
     out = {}
     for uid, ann in annotations.items():
         ann = np.asarray(ann, dtype=np.float64).reshape(-1, 4)
-        weak = np.full((len(ann), 3), np.nan)
+        weak = np.full((len(ann), 5), np.nan)
         weak[:, 0] = ann[:, 2]
         weak[:, 2] = -1
-        if lobes is not None and uid in lobes:
-            lobe = np.asarray(lobes[uid]).reshape(-1)
-            if len(lobe) != len(ann):
-                raise ValueError("lobes[%s] has %d entries for %d annotations" % (uid, len(lobe), len(ann)))
-            weak[:, 2] = lobe
+        weak[:, 4] = -1
+        for k, (given, name) in enumerate(((lobes, "lobes"), (textures, "textures"))):
+            if given is not None and uid in given:
+                values = np.asarray(given[uid]).reshape(-1)
+                if len(values) != len(ann):
+                    raise ValueError("%s[%s] has %d entries for %d annotations" % (name, uid, len(values), len(ann)))
+                weak[:, 2 + 2 * k] = values
+        if diameter_noise is not None:
+            a, b = diameter_noise
+            d = ann[:, 3] + rng.normal(0.0, 1.0, len(ann)) * (a + b * ann[:, 3])
+            weak[:, 3] = np.round(np.maximum(d, 0.5 * ann[:, 3]), 1)
         out[uid] = weak
     return out
 
@@ -193,8 +214,22 @@ def write_seriesuids(path, uids):
 
 
 def write_weak_labels(path, weak, uids=None):
+    """Writes {uid: [N, 3] (coordZ, slice, lobe) or [N, 5] (..., diameter_mm, texture id)}."""
     rows = []
     for uid in uids if uids is not None else weak:
-        for z, s, lobe in np.asarray(weak.get(uid, np.zeros((0, 3)))).reshape(-1, 3):
-            rows.append([uid, _fmt(z), _fmt(s), "" if lobe < 0 else str(int(lobe))])
+        for z, s, lobe, d, tex in as_weak_records(weak.get(uid, np.zeros((0, 5)))):
+            rows.append([uid, _fmt(z), _fmt(s), "" if lobe < 0 else str(int(lobe)), _fmt(d),
+                         "" if tex < 0 else WEAK_TEXTURES[int(tex)]])
     _write(path, ("seriesuid",) + WEAK_COLUMNS, rows)
+
+
+def as_weak_records(weak):
+    """Weak labels [N, 3] (coordZ, slice, lobe) or [N, 5] -> [N, 5] (no diameter: NaN, no
+    texture: -1)."""
+    weak = np.asarray(weak, dtype=np.float64)
+    weak = weak.reshape(-1, weak.shape[-1] if weak.ndim > 1 else 3)
+    if weak.shape[1] == 5:
+        return weak
+    if weak.shape[1] != 3:
+        raise ValueError("weak labels must be [N, 3] or [N, 5], got %s" % (weak.shape,))
+    return np.concatenate([weak, np.full((len(weak), 1), np.nan), np.full((len(weak), 1), -1.0)], 1)

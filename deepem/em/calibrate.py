@@ -24,13 +24,14 @@ import torch
 
 from ..data import datasets, preprocess
 from ..ops import em_map
-from .estep import batch_labels, detect_proposals, label_posterior
+from .estep import batch_labels, batch_records, detect_proposals, label_posterior
 from .lobe import LobeModel
 
 SHIFTS = (0.0, 2.0, 4.0, 6.0, 8.0, 10.0)  # the paper's value first in each: it wins ties
 TEMPERATURES = (1.0, 0.5, 2.0)
 MUS = (1.63, 0.5)
 SIGMAS = (2.38, 1.0, 4.0)
+SIZE_SIGMAS = (0.25, 0.35, 0.5, 0.7, 1.0)  # the size term's spread in log diameter (with em.size_term)
 
 
 @dataclass
@@ -41,6 +42,7 @@ class Calibration:
     sigma: float
     min_posterior: float
     pseudo_scale: float  # median true / picked diameter of the right MAP picks (1 if none)
+    size_sigma: float  # the size term's spread (fitted with em.size_term on; else as configured)
     labels: int  # calibration labels (nodules of the calibration scans)
     right: int  # MAP picks on their own nodule, at the chosen setting
     kept: int  # picks at or above min_posterior
@@ -51,7 +53,8 @@ class Calibration:
     def apply(self, config):
         """config with the calibrated E-step settings."""
         em = dataclasses.replace(config.em, logit_shift=self.logit_shift, temperature=self.temperature, mu=self.mu,
-                                 sigma=self.sigma, min_posterior=self.min_posterior, pseudo_scale=self.pseudo_scale)
+                                 sigma=self.sigma, min_posterior=self.min_posterior, pseudo_scale=self.pseudo_scale,
+                                 size_sigma=self.size_sigma)
         return dataclasses.replace(config, em=em)
 
 
@@ -81,16 +84,23 @@ def best_min_posterior(posterior, right):
 
 
 def calibrate(model, data_dir, uids, config, ctx) -> Calibration:
+    """The fitted setting (see the module's docstring). With em.size_term on, the size term's
+    spread is fitted too, the calibration labels recording their nodules' true diameters; the
+    texture term is left as configured (the calibration scans carry no textures)."""
     truth = [datasets.load_scan(data_dir, u)[1] for u in uids]
-    weak = [np.stack([t[:, 0], np.zeros(len(t))], 1).astype(np.float32) for t in truth]  # slice only
+    # slice (and diameter) only: no lobe, no texture
+    weak = [np.stack([t[:, 0], np.zeros(len(t)), t[:, 3], -np.ones(len(t))], 1).astype(np.float32) for t in truth]
     proposals, _ = detect_proposals(model, data_dir, uids, {u: w[:, 0] for u, w in zip(uids, weak)}, config, ctx)
     metas = [preprocess.load_meta(data_dir, u) for u in uids]
     props, num_p, weak_z, weak_lobe, num_w, lobe_lp = batch_labels(uids, proposals, weak, metas, LobeModel())
+    weak_d, _ = batch_records(weak, weak_z.shape[1])
     real = torch.arange(weak_z.shape[1])[None] < num_w[:, None]
+    size_sigmas = SIZE_SIGMAS if config.em.size_term else (config.em.size_sigma,)
     best, paper = None, None
-    for shift, t, mu, s in itertools.product(SHIFTS, TEMPERATURES, MUS, SIGMAS):
-        em = dataclasses.replace(config.em, logit_shift=shift, temperature=t, mu=mu, sigma=s, use_lobe=False)
-        lp, _ = label_posterior(props, num_p, weak_z, weak_lobe, num_w, lobe_lp, em)
+    for shift, t, mu, s, ss in itertools.product(SHIFTS, TEMPERATURES, MUS, SIGMAS, size_sigmas):
+        em = dataclasses.replace(config.em, logit_shift=shift, temperature=t, mu=mu, sigma=s, size_sigma=ss,
+                                 use_lobe=False, texture_term=False)
+        lp, _ = label_posterior(props, num_p, weak_z, weak_lobe, num_w, lobe_lp, em, weak_d)
         picks = em_map(lp)  # -1 where a label has no candidate
         right = right_picks(props, picks, truth) & real
         picked = real & (picks >= 0)
@@ -98,7 +108,7 @@ def calibrate(model, data_dir, uids, config, ctx) -> Calibration:
         ok = right[picked].numpy()
         threshold, net = best_min_posterior(post, ok)
         kept = post >= threshold
-        found = Calibration(shift, t, mu, s, threshold, 1.0, int(real.sum()), int(right.sum()), int(kept.sum()),
+        found = Calibration(shift, t, mu, s, threshold, 1.0, ss, int(real.sum()), int(right.sum()), int(kept.sum()),
                             int((kept & ok).sum()), 0, 0)
         if paper is None:
             paper = (found.right, net)

@@ -130,15 +130,48 @@ def run_estep(model, data_dir: str, uids: list, config, lobe: LobeModel, epoch: 
     return result
 
 
-def label_posterior(props, num_p, weak_z, weak_lobe, num_w, lobe_lp, em):
+def batch_records(weak, M):
+    """What the weak labels' records say, padded like batch_labels: diameter [B, M] (grid
+    voxels, NaN where none) and texture id [B, M] (-1 where none)."""
+    diameter = torch.full((len(weak), M), float("nan"))
+    texture = torch.full((len(weak), M), -1, dtype=torch.long)
+    for b, w in enumerate(weak):
+        diameter[b, : len(w)] = torch.from_numpy(np.asarray(w[:, 2], np.float32))
+        texture[b, : len(w)] = torch.from_numpy(np.asarray(w[:, 3])).long()
+    return diameter, texture
+
+
+def label_posterior(props, num_p, weak_z, weak_lobe, num_w, lobe_lp, em, weak_d=None, weak_tex=None, tex_lp=None):
     """em_posterior with the E-step's free parts applied: the detector's logit l enters as
     sigmoid((l - em.logit_shift) / em.temperature), the lobe term's log-probabilities times
-    em.lobe_weight (paper: shift 0, temperature 1, weight 1)."""
+    em.lobe_weight (paper: shift 0, temperature 1, weight 1); with em.size_term the labels'
+    recorded diameters weak_d, with em.texture_term their textures weak_tex under the texture
+    model's tex_lp (the record terms; not the paper's)."""
     if em.temperature != 1.0 or em.logit_shift != 0.0:
         props = props.clone()
         props[..., 0] = (props[..., 0] - em.logit_shift) / em.temperature
     lobe = lobe_lp * em.lobe_weight if lobe_lp is not None and em.use_lobe and em.lobe_weight > 0 else None
-    return em_posterior(props, num_p, weak_z, weak_lobe, num_w, lobe, mu=em.mu, sigma=em.sigma, z_window=em.z_window)
+    record = {}
+    if em.size_term and weak_d is not None:
+        record.update(weak_diameter=weak_d, size_sigma=em.size_sigma)
+    if em.texture_term and weak_tex is not None and tex_lp is not None:
+        record.update(weak_texture=weak_tex, texture_log_probs=tex_lp, texture_weight=em.texture_weight)
+    return em_posterior(props, num_p, weak_z, weak_lobe, num_w, lobe, mu=em.mu, sigma=em.sigma, z_window=em.z_window,
+                        **record)
+
+
+def texture_posterior(data_dir, uids, props, num_p, weak_z, weak_lobe, num_w, lobe_lp, em, weak_d, weak_tex):
+    """The posterior with the texture term: the texture model fitted on this E-step's posterior
+    without it (deepem/em/texture.py), then the posterior again with it."""
+    from ..infer.detector import load_preprocessed
+    from . import texture
+
+    first, _ = label_posterior(props, num_p, weak_z, weak_lobe, num_w, lobe_lp, em, weak_d)
+    features = [texture.core_features(np.asarray(load_preprocessed(data_dir, u)[0]), props[b, : int(num_p[b])].numpy())
+                for b, u in enumerate(uids)]
+    model = texture.fit_from_posterior(features, first, weak_tex, num_p)
+    tex_lp = texture.batch_log_probs(features, model, num_p, props.shape[1], props.dtype)
+    return label_posterior(props, num_p, weak_z, weak_lobe, num_w, lobe_lp, em, weak_d, weak_tex, tex_lp)
 
 
 def confident_labels(log_posterior, em):
@@ -152,15 +185,20 @@ def confident_labels(log_posterior, em):
     return (best >= em.min_posterior) & (best - second >= em.min_margin)
 
 
-def box_geometry(merged, weak_z, em):
+def box_geometry(merged, weak_z, em, weak_d=None):
     """Pseudo boxes with the E-step's geometry options: the centre's z set to the picking
     label's slice (em.box_z_from_label: the weak label knows the central slice; a proposal's z
-    is the detector's guess) and the diameter times em.pseudo_scale (paper: neither)."""
-    if not em.box_z_from_label and em.pseudo_scale == 1.0:
+    is the detector's guess), the diameter the label's recorded one where it has one
+    (em.pseudo_diameter=record), and the diameter times em.pseudo_scale (paper: none)."""
+    record = em.pseudo_diameter == "record" and weak_d is not None
+    if not em.box_z_from_label and em.pseudo_scale == 1.0 and not record:
         return merged
     boxes = merged.boxes.clone()
     if em.box_z_from_label and len(boxes):
         boxes[:, 0] = weak_z[merged.scan, merged.label].to(boxes.dtype)
+    if record and len(boxes):
+        d = weak_d[merged.scan, merged.label].to(boxes.dtype)
+        boxes[:, 3] = torch.where(torch.isnan(d), boxes[:, 3], d)
     boxes[:, 3] *= em.pseudo_scale
     return merged._replace(boxes=boxes)
 
@@ -173,11 +211,16 @@ def posterior_and_picks(data_dir, uids, proposals, lobe, config, epoch) -> EStep
     metas = [preprocess.load_meta(data_dir, u) for u in uids]
     props, num_p, weak_z, weak_lobe, num_w, lobe_lp = batch_labels(uids, proposals, weak, metas, lobe)
     M = weak_z.shape[1]
-    lp, has = label_posterior(props, num_p, weak_z, weak_lobe, num_w, lobe_lp, em)
+    weak_d, weak_tex = batch_records(weak, M)
+    if em.texture_term:
+        lp, has = texture_posterior(data_dir, uids, props, num_p, weak_z, weak_lobe, num_w, lobe_lp, em, weak_d,
+                                    weak_tex)
+    else:
+        lp, has = label_posterior(props, num_p, weak_z, weak_lobe, num_w, lobe_lp, em, weak_d)
     picks = em_map(lp)[..., None] if em.method == "map" else em_sample(lp, em.k, seed=config.run.seed, offset=epoch)
     confident = confident_labels(lp, em)
     picks = torch.where(confident[..., None], picks, torch.full_like(picks, -1))
-    merged = box_geometry(pseudo_boxes(props, picks, lp), weak_z, em)
+    merged = box_geometry(pseudo_boxes(props, picks, lp), weak_z, em, weak_d)
     boxes, weights = {}, {}
     for b, (bx, wt) in enumerate(merged.per_scan(B)):
         boxes[uids[b]] = bx.numpy().astype(np.float32)

@@ -5,12 +5,13 @@ import numpy as np
 
 
 def score_labels(labels, truth, z_spacing):
-    """labels: {uid: [N, 3] (coordZ, slice, lobe)} (tables.read_weak_labels);
+    """labels: {uid: [N, >= 3] (coordZ, slice, lobe, ...)} (tables.read_weak_labels);
     truth: {uid: [M, 2] (z, lobe)} of the series' true nodules; z_spacing: {uid: mm}.
     -> dict(labels, right, nodules, found, precision, recall)"""
     right = found = n_labels = n_nodules = 0
     for uid in set(labels) | set(truth):
-        lab = np.asarray(labels.get(uid, np.zeros((0, 3))), dtype=np.float64).reshape(-1, 3)
+        lab = np.asarray(labels.get(uid, np.zeros((0, 5))), dtype=np.float64)
+        lab = lab.reshape(-1, lab.shape[-1])
         tru = np.asarray(truth.get(uid, np.zeros((0, 2))), dtype=np.float64).reshape(-1, 2)
         n_labels, n_nodules = n_labels + len(lab), n_nodules + len(tru)
         if not len(lab) or not len(tru):

@@ -111,6 +111,12 @@ class EMConfig:
     pseudo_regression: bool = True  # false: pseudo boxes train classification only, no box regression
     box_z_from_label: bool = False  # a pseudo box's centre z is its label's slice, not the proposal's
     pseudo_scale: float = 1.0  # pseudo box diameter = the proposal's times this
+    # What the record says beyond slice and lobe (the weak labels' diameter_mm and texture columns):
+    size_term: bool = False  # x exp(-(log d_H - log d_m)^2 / (2 size_sigma^2)) for labels with a diameter
+    size_sigma: float = 0.5  # spread of the size term in log diameter (em.calibrate fits it with the size term on)
+    texture_term: bool = False  # x p(texture_m | H)^texture_weight for labels with a texture (deepem/em/texture.py)
+    texture_weight: float = 0.1
+    pseudo_diameter: str = "proposal"  # a pseudo box's diameter: the proposal's, or the label's recorded one (record)
     calibrate: str = ""  # a fully labelled split (e.g. val): fit logit_shift, temperature, mu, sigma and
     #                      min_posterior on it before each E-step (deepem/em/calibrate.py); never the test
     #                      split nor the weak split (refused: it reads its scans' true boxes)
@@ -263,6 +269,7 @@ RANGES = {
     "em.full_steps": (0, None, True, True), "em.temperature": (0, None, False, True),
     "em.lobe_weight": (0, None, True, True), "em.min_posterior": (0, 1, True, True), "em.min_margin": (0, 1, True, True),
     "em.ema_decay": (0, 1, True, False), "em.pseudo_scale": (0, None, False, True),
+    "em.size_sigma": (0, None, False, True), "em.texture_weight": (0, None, False, True),
 }
 
 
@@ -315,6 +322,9 @@ def validate(config: TrainConfig) -> None:
         raise ConfigError("config key 'em.teacher' must be student, init or ema, got '%s'" % c.em.teacher)
     if c.em.method not in ("map", "sample"):
         raise ConfigError("config key 'em.method' must be map or sample, got '%s'" % c.em.method)
+    if c.em.pseudo_diameter not in ("proposal", "record"):
+        raise ConfigError("config key 'em.pseudo_diameter' must be proposal or record, got '%s'"
+                          % c.em.pseudo_diameter)
     if c.run.amp not in ("none", "bf16", "fp16"):
         raise ConfigError("config key 'run.amp' must be none, bf16 or fp16, got '%s'" % c.run.amp)
     check_split_roles(c)

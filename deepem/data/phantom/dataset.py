@@ -11,6 +11,11 @@ from . import records as records_mod
 from .scan import make_scan
 
 
+# The phantom's textures as the weak-label tables name them (tables.WEAK_TEXTURES ids).
+TEXTURE_IDS = {"solid": 0, "part-solid": 1, "ggo": 2}
+READER_DIAMETER_SD = (0.3, 0.05)  # a reader's diameter error: sd 0.3 mm + 5% of the diameter
+
+
 def series_uid(seed, index):
     return "1.2.826.0.1.3680043.10.1042.%d.%d" % (int(seed), int(index))
 
@@ -54,7 +59,7 @@ def make_dataset(out_dir, n_scans=10, seed=0, shape=None, n_subsets=10, split=(0
     """Writes a phantom LUNA16 data set into `out_dir`:
       subsetK/<uid>.mhd + .raw, seg-lungs-LUNA16/<uid>.mhd (LUNA16's lung masks: 3 right, 4 left),
       annotations.csv, annotations_excluded.csv, seriesuids.csv, weak_labels.csv (the weak split:
-      seriesuid, coordZ, slice, lobe), annotations_lobes.csv (every nodule's lobe),
+      seriesuid, coordZ, slice, lobe, diameter_mm as a reader measures it, texture), annotations_lobes.csv (every nodule's lobe),
       annotations_types.csv (every nodule's texture: solid / part-solid / ggo, attachment:
       isolated / pleural / fissure / vascular, and shape: round / lobulated / spiculated),
       lookalikes.csv (the non-nodules drawn: seriesuid, coordX, coordY, coordZ, kind),
@@ -87,7 +92,10 @@ def make_dataset(out_dir, n_scans=10, seed=0, shape=None, n_subsets=10, split=(0
     tables.write_annotations(os.path.join(out_dir, "annotations.csv"), ann, uids)
     tables.write_annotations(os.path.join(out_dir, "annotations_excluded.csv"), excl, uids)
     tables.write_seriesuids(os.path.join(out_dir, "seriesuids.csv"), uids)
-    weak = tables.derive_weak_labels({u: ann[u] for u in splits["weak"] if u in ann}, lobes)
+    # As a record gives them: the lobe, the texture, and the diameter as a reader measures it.
+    textures = {u: [TEXTURE_IDS[t["texture"]] for t in info["types"]] for u, _, _, info in results}
+    weak = tables.derive_weak_labels({u: ann[u] for u in splits["weak"] if u in ann}, lobes, textures,
+                                     diameter_noise=READER_DIAMETER_SD, rng=np.random.default_rng([int(seed), 31]))
     for u, w in weak.items():  # also give the slice index, as EMR data often has it
         vol = next(r[2] for r in results if r[0] == u)
         w[:, 1] = np.round(io.world_to_voxel(ann[u][:, :3], vol.origin, vol.spacing, vol.direction)[:, 0])
