@@ -7,6 +7,8 @@ from ._extension import load as _load
 
 _load()  # registers torch.ops.deepem.* (as `import torchvision` does for its ops)
 
+from . import ops  # noqa: E402  deepem.ops after `import deepem`, as torchvision.ops (torch only)
+
 
 def build_info():
     """What the compiled extension holds: {'cuda_kernels': bool, 'cuda_archs': str,
@@ -22,4 +24,4 @@ def build_info():
     return info
 
 
-__all__ = ["__version__", "build_info"]
+__all__ = ["__version__", "build_info", "ops"]
