@@ -82,7 +82,7 @@ def _preprocess(args):
         args.data_root, args.out_dir,
         annotations_csv=default(args.annotations, "annotations.csv"),
         weak_csv=default(args.weak_labels, "weak_labels.csv"),
-        seriesuids_csv=args.seriesuids, seg_dir=seg_dir, workers=args.workers,
+        seriesuids_csv=default(args.seriesuids, "seriesuids.csv"), seg_dir=seg_dir, workers=args.workers,
         resolution=args.resolution, overwrite=args.overwrite, progress=not args.quiet)
     print("preprocessed %d scans, %d already done, %d failed -> %s"
           % (len(report["done"]), len(report["skipped"]), len(report["failed"]), args.out_dir))
@@ -101,7 +101,8 @@ def add_preprocess(sub):
     p.add_argument("out_dir", help="output folder (created)")
     p.add_argument("--annotations", help="annotations.csv (default DATA_ROOT/annotations.csv if present; 'none')")
     p.add_argument("--weak-labels", help="weak label CSV (default DATA_ROOT/weak_labels.csv if present; 'none')")
-    p.add_argument("--seriesuids", help="only these scans (seriesuids.csv); a listed scan with no file is reported")
+    p.add_argument("--seriesuids", help="only these scans (default DATA_ROOT/seriesuids.csv if present, which keeps "
+                   "a phantom's records/ DICOM out; 'none': every scan found); a listed scan with no file is reported")
     p.add_argument("--seg-dir", help="LUNA16 lung masks (default DATA_ROOT/seg-lungs-LUNA16 if present; "
                    "'none' segments the lungs by threshold)")
     p.add_argument("--resolution", type=float, default=1.0, help="output voxel size in mm (default 1)")

@@ -1,7 +1,10 @@
 """The main job: the DeepEM phantom benchmark end to end (`deepem demo`).
 
 Stages, each reused when a second run finds it finished (a stage.json marker in its folder):
-  data      phantom CTs (demo field of view) -> preprocess; splits full / weak / val / test
+  data      phantom CTs (demo field of view) and the weak split's medical records (DICOM series,
+            an NLST-style abnormality table, reports) -> weak labels mined from the records, as
+            `deepem weak-labels` does, scored against the truth -> preprocess; splits full /
+            weak / val / test
   init      supervised training on the full split at a constant lr: the shared start
   baseline  from init, on the full split, for as many steps (and the same decaying lr) as EM
   baseline_rerun   the baseline again with another training seed (crops, negatives): the
@@ -28,7 +31,8 @@ from .machine import describe
 from .train import config as cfg
 
 METHODS = ("baseline", "baseline_rerun", "deepem_map", "deepem_sampling", "oracle")
-COMPARED = ("baseline_rerun", "deepem_map", "deepem_sampling")  # rows with a paired gain over the baseline
+COMPARED = ("baseline_rerun", "deepem_map", "deepem_sampling")  # rows with a share of the baseline -> oracle gap
+GAIN_ROWS = COMPARED + ("oracle",)  # rows with a paired gain over the baseline
 LABELS = {"baseline": "Baseline (full only)", "baseline_rerun": "Baseline, 2nd training seed (noise control)",
           "deepem_map": "DeepEM MAP", "deepem_sampling": "DeepEM sampling (k=2)",
           "oracle": "Oracle (weak scans' true boxes)"}
@@ -75,6 +79,7 @@ class Settings:
     em_options: tuple = ()  # (key, value) pairs of em.* settings beyond the paper for the DeepEM rows
     ema_decay: float = 0.0  # > 0: every run validates, selects and saves an EMA of its weights (optim.ema_decay)
     warmup_steps: int = 0  # every run's lr rises linearly over its first this many steps (optim.warmup_steps)
+    weak_from: str = "nlst"  # the weak split's labels are mined from its records: 'nlst' (abnormality table) or 'reports'
 
 
 QUICK = Settings(n_full=3, n_weak=3, n_val=2, n_test=4, width=0.125, crop=32, batch=4, optimizer="adamw", lr=0.01,
@@ -138,9 +143,12 @@ def make_data(out, s: Settings, seed, workers):
     # The generator's test share becomes val + test here; weak labels exist for the weak split only.
     stats = phantom.NoduleOptions(p_none=s.nodule_p_none, extra_mean=s.nodule_extra_mean)
     splits = phantom.make_dataset(raw, n_scans=n, seed=seed, preset="demo", workers=workers,
-                                  split=(s.n_full, s.n_weak, s.n_val + s.n_test), progress=True, nodule_stats=stats)
+                                  split=(s.n_full, s.n_weak, s.n_val + s.n_test), progress=True, nodule_stats=stats,
+                                  records=True)
+    weak_csv, mined = mine_weak_labels(raw, os.path.join(out, "mined"), s.weak_from, splits["weak"], workers)
     report = preprocess.preprocess_dataset(raw, pre, annotations_csv=os.path.join(raw, "annotations.csv"),
-                                           weak_csv=os.path.join(raw, "weak_labels.csv"), workers=workers)
+                                           weak_csv=weak_csv, seriesuids_csv=os.path.join(raw, "seriesuids.csv"),
+                                           workers=workers)
     if report["failed"]:
         raise RuntimeError("preprocessing failed for %s" % ", ".join(sorted(report["failed"])))
     held = list(splits["test"])
@@ -153,7 +161,30 @@ def make_data(out, s: Settings, seed, workers):
     # The oracle trains on full + weak with true boxes: a uid list file as its train split.
     with open(os.path.join(pre, "full_and_weak.txt"), "w") as f:
         f.write("\n".join(ours["full"] + ours["weak"]) + "\n")
-    return {"scans": n, "splits": {k: len(v) for k, v in ours.items()}}
+    return {"scans": n, "splits": {k: len(v) for k, v in ours.items()}, "weak_labels": mined}
+
+
+def mine_weak_labels(raw, out_dir, source, weak_uids, workers):
+    """The weak split's labels, mined from its records (the NLST-style table or the reports) as
+    `deepem weak-labels` does, and scored against the phantom's truth (central slice within one
+    slice, lobe exact). -> (weak_labels.csv path, the mining's numbers)"""
+    from .data.phantom.records import read_truth
+    from .emr import score, weak_labels
+
+    records = os.path.join(raw, "records")
+    if source == "nlst":
+        mining = weak_labels.mine_nlst(os.path.join(records, "nlst_ctab.csv"), os.path.join(records, "dicom"),
+                                       out_dir, image_info=os.path.join(records, "image_info.csv"), workers=workers,
+                                       progress=False)
+    elif source == "reports":
+        mining = weak_labels.mine_reports(os.path.join(records, "reports.csv"), os.path.join(records, "dicom"),
+                                          out_dir, workers=workers, progress=False)
+    else:
+        raise ValueError("weak labels come from 'nlst' or 'reports', not %r" % source)
+    path = os.path.join(out_dir, "weak_labels.csv")
+    truth, spacing = read_truth(raw, weak_uids)
+    scored = score.score_labels(tables.read_weak_labels(path), truth, spacing)
+    return path, {"source": source, **scored, "rejected": dict(sorted(mining.counts().items()))}
 
 
 def train_config(out_dir, data_dir, s: Settings, seed, em=None, train_split="full", init=False, extra=None):
@@ -183,8 +214,43 @@ def train_config(out_dir, data_dir, s: Settings, seed, em=None, train_split="ful
 
 
 def best_checkpoint(run_dir):
+    """(path, validation_selected): best.pt, the epoch that validation selected; else last.pt
+    (no epoch had a finite validation metric), which the results must then say."""
     best = os.path.join(run_dir, "best.pt")
-    return best if os.path.isfile(best) else os.path.join(run_dir, "last.pt")
+    if os.path.isfile(best):
+        return best, True
+    return os.path.join(run_dir, "last.pt"), False
+
+
+def gap_note(oracle_gain, oracle_ci95, noise_gain):
+    """None where the baseline -> oracle gap is real, else the reason it is not. Real: the
+    oracle's paired gain over the baseline is clear of zero by its 95% interval and larger
+    than the noise control's gain in size (training randomness alone moved the CPM that far,
+    either way). Only a real gap is a yardstick for "gap closed"."""
+    if not (oracle_gain > 0 and oracle_ci95[0] > 0):
+        return ("the oracle's gain over the baseline, %+.3f [%+.3f, %+.3f], is not clear of zero"
+                % (oracle_gain, oracle_ci95[0], oracle_ci95[1]))
+    if not oracle_gain > abs(noise_gain):
+        return ("the oracle's gain over the baseline, %+.3f, is not larger than the noise control's %+.3f"
+                % (oracle_gain, noise_gain))
+    return None
+
+
+def add_gains(table, gains):
+    """Adds to `table`'s rows (cpm, ...) each GAIN_ROWS row's paired gain over the baseline
+    (gains: froc.compare results) and each COMPARED row's share of the baseline -> oracle gap:
+    gain / the oracle's gain where gap_note finds the gap real, else None with the reason in
+    gap_closed_note. Returns the table."""
+    for m in GAIN_ROWS:
+        table[m].update(gain_cpm=float(gains[m]["diff"]), gain_ci95=[float(v) for v in gains[m]["ci95"]],
+                        p_gain_positive=float(gains[m]["p_positive"]))
+    oracle = table["oracle"]
+    note = gap_note(oracle["gain_cpm"], oracle["gain_ci95"], table["baseline_rerun"]["gain_cpm"])
+    for m in COMPARED:
+        table[m]["gap_closed"] = None if note else table[m]["gain_cpm"] / oracle["gain_cpm"]
+        if note:
+            table[m]["gap_closed_note"] = note
+    return table
 
 
 def detect_split(checkpoint_path, data_dir, uids, s: Settings):
@@ -204,10 +270,11 @@ def evaluate_methods(out, s: Settings, raw, pre, test_uids):
 
     annotations = tables.read_annotations(os.path.join(raw, "annotations.csv"))
     excluded = tables.read_annotations(os.path.join(raw, "annotations_excluded.csv"), excluded=True)
-    marks, results = {}, {}
+    marks, results, selected = {}, {}, {}
     os.makedirs(os.path.join(out, "test"), exist_ok=True)
     for method in METHODS:
-        found = detect_split(best_checkpoint(os.path.join(out, method)), pre, test_uids, s)
+        path, selected[method] = best_checkpoint(os.path.join(out, method))
+        found = detect_split(path, pre, test_uids, s)
         marks[method] = {u: m[1] for u, m in found.items()}
         froc.write_marks(os.path.join(out, "test", method + ".csv"), marks[method],
                          {u: m[0].diameter_mm for u, m in found.items()})
@@ -219,14 +286,11 @@ def evaluate_methods(out, s: Settings, raw, pre, test_uids):
     table = {}
     for method in METHODS:
         r = results[method]
-        row = {"cpm": float(r.cpm), "sensitivity": [float(v) for v in r.sensitivity], "cpm_ci95": r.ci95["cpm"]}
-        if method in COMPARED:
-            cmp = froc.compare(marks[method], marks["baseline"], annotations, test_uids, excluded=excluded)
-            gap = results["oracle"].cpm - results["baseline"].cpm
-            row.update({"gain_cpm": float(cmp["diff"]), "gain_ci95": [float(v) for v in cmp["ci95"]],
-                        "p_gain_positive": float(cmp["p_positive"]),
-                        "gap_closed": float(cmp["diff"] / gap) if gap > 0 else None})
-        table[method] = row
+        table[method] = {"cpm": float(r.cpm), "sensitivity": [float(v) for v in r.sensitivity],
+                         "cpm_ci95": r.ci95["cpm"], "validation_selected": selected[method]}
+    gains = {m: froc.compare(marks[m], marks["baseline"], annotations, test_uids, excluded=excluded)
+             for m in GAIN_ROWS}
+    add_gains(table, gains)
     plots.froc_plot(os.path.join(out, "froc.png"), {label(m, asdict(s)): results[m] for m in METHODS},
                     title="DeepEM phantom benchmark, %d test scans" % len(test_uids))
     return table
@@ -290,22 +354,53 @@ def markdown(results, title):
     rates = ["1/8", "1/4", "1/2", "1", "2", "4", "8"]
     lines = ["# %s" % title, "", "| method | " + " | ".join(rates) + " | CPM | gain vs baseline [95% CI] | P(gain > 0) "
              "| gap closed |", "|---" * 12 + "|"]
+    notes = []  # footnotes, numbered in order of first use
+
+    def note(text):
+        if text not in notes:
+            notes.append(text)
+        return "[%d]" % (notes.index(text) + 1)
+
     for m in METHODS:
         r = results["methods"][m]
         gain = p = gap = ""
         if "gain_cpm" in r:
             gain = "%+.3f [%+.3f, %+.3f]" % (r["gain_cpm"], *r["gain_ci95"])
             p = "%.3f" % r["p_gain_positive"]
-            gap = "" if r["gap_closed"] is None else "%.0f%%" % (100 * r["gap_closed"])
-        lines.append("| %s | %s | %.3f | %s | %s | %s |" % (label(m, results["settings"]), " | ".join("%.3f" % v for v in r["sensitivity"]),
+        if "gap_closed" in r:
+            gap = "%.0f%%" % (100 * r["gap_closed"]) if r["gap_closed"] is not None else "n/a " + note(
+                "Gap closed is not reported: %s." % r.get("gap_closed_note", "the oracle's CPM is not above the "
+                                                                            "baseline's"))
+        name = label(m, results["settings"])
+        if not r.get("validation_selected", True):
+            name += " " + note("Not validation-selected: no epoch of this run had a finite validation metric, "
+                               "so its last epoch's weights were tested.")
+        lines.append("| %s | %s | %.3f | %s | %s | %s |" % (name, " | ".join("%.3f" % v for v in r["sensitivity"]),
                                                           r["cpm"], gain, p, gap))
-    lines += ["", "The noise control is the baseline trained again with only its training seed changed: a DeepEM "
-              "gain means something only where it clearly exceeds that row's.",
-              "", "Stage seconds: " + ", ".join("%s %.0f" % kv for kv in results["stage_seconds"].items())
+    lines += [""] + ["[%d] %s" % (k + 1, n) for k, n in enumerate(notes)] + ([""] if notes else [])
+    lines += ["The noise control is the baseline trained again with only its training seed changed: a DeepEM "
+              "gain means something only where it clearly exceeds that row's. Gap closed = a row's gain / the "
+              "oracle's, reported only where the oracle's gain is clear of zero by its 95% interval and larger "
+              "than the noise control's gain in size.",
+              ""] + weak_label_lines(results.get("data", {}).get("weak_labels")) + [
+              "Stage seconds: " + ", ".join("%s %.0f" % kv for kv in results["stage_seconds"].items())
               + "; total %.0f s (%.1f min)." % (results["seconds_total"], results["seconds_total"] / 60),
               "Machine: %s, %d cores, torch %s (%d threads)." % (mc["cpu"], mc["cores"], mc["torch"],
                                                                  mc["torch_threads"])]
     return "\n".join(lines) + "\n"
+
+
+def weak_label_lines(mined):
+    """What the mining of the weak split's records gave, against the phantom's truth."""
+    if not mined:
+        return []
+    source = {"nlst": "its NLST-style abnormality table", "reports": "its free-text reports"}[mined["source"]]
+    rejected = ", ".join("%s %d" % kv for kv in mined["rejected"].items()) or "none"
+    return ["Weak labels: mined from %s (`deepem weak-labels %s`): %d labels, %d right (central slice within one "
+            "slice, lobe exact: precision %.3f); %d of the weak scans' %d nodules labelled (recall %.3f). "
+            "Rows rejected, by reason: %s." % (source, mined["source"], mined["labels"], mined["right"],
+                                               mined["precision"], mined["found"], mined["nodules"], mined["recall"],
+                                               rejected), ""]
 
 
 def write_results(out, results):
@@ -323,10 +418,12 @@ def aggregate(runs):
         agg = {"cpm_mean": float(np.mean([r["cpm"] for r in rows])), "cpm_sd": float(np.std([r["cpm"] for r in rows], ddof=1)),
                "cpm_per_seed": [float(r["cpm"]) for r in rows],
                "sensitivity_mean": np.mean([r["sensitivity"] for r in rows], 0).tolist()}
-        if "gain_cpm" in rows[0]:
+        if all("gain_cpm" in r for r in rows):
             agg["gain_mean"] = float(np.mean([r["gain_cpm"] for r in rows]))
             agg["gain_sd"] = float(np.std([r["gain_cpm"] for r in rows], ddof=1))
             agg["gain_per_seed"] = [float(r["gain_cpm"]) for r in rows]
+        if all("gap_closed" in r for r in rows):  # None on a seed whose oracle gap was not real
+            agg["gap_closed_per_seed"] = [r["gap_closed"] for r in rows]
         out[m] = agg
     return out
 
@@ -347,7 +444,7 @@ def verdict(methods):
     return lines
 
 
-def main(out, seed=0, seeds=1, quick=False, full=False, workers=2, paper=False):
+def main(out, seed=0, seeds=1, quick=False, full=False, workers=2, paper=False, weak_from="nlst"):
     if full:
         import torch
 
@@ -358,6 +455,7 @@ def main(out, seed=0, seeds=1, quick=False, full=False, workers=2, paper=False):
     s = QUICK if quick else FULL if full else DEFAULT
     if paper:  # the paper's E- and M-step: no option beyond it
         s = replace(s, em_options=())
+    s = replace(s, weak_from=weak_from)
     runs = []
     for k in range(seeds):
         folder = out if seeds == 1 else os.path.join(out, "seed_%d" % (seed + k))
@@ -366,14 +464,19 @@ def main(out, seed=0, seeds=1, quick=False, full=False, workers=2, paper=False):
         summary = {"seeds": [seed + k for k in range(seeds)], "methods": aggregate(runs),
                    "seconds_total": float(sum(r["seconds_total"] for r in runs)), "machine": describe()}
         atomic_write(os.path.join(out, "results.json"), lambda f: f.write(json.dumps(summary, indent=1).encode()))
-        lines = ["| method | CPM mean +- sd | gain mean +- sd | CPM per seed | gain per seed |", "|---|---|---|---|---|"]
+        lines = ["| method | CPM mean +- sd | gain mean +- sd | CPM per seed | gain per seed | gap closed per seed |",
+                 "|---|---|---|---|---|---|"]
         for m in METHODS:
             a = summary["methods"][m]
             gain = "%+.3f +- %.3f" % (a["gain_mean"], a["gain_sd"]) if "gain_mean" in a else ""
             per_gain = " / ".join("%+.3f" % g for g in a.get("gain_per_seed", []))
-            lines.append("| %s | %.3f +- %.3f | %s | %s | %s |" % (label(m, runs[0]["settings"]), a["cpm_mean"], a["cpm_sd"], gain,
-                                                                 " / ".join("%.3f" % c for c in a["cpm_per_seed"]),
-                                                                 per_gain))
+            per_gap = " / ".join("n/a" if g is None else "%.0f%%" % (100 * g) for g in a.get("gap_closed_per_seed", []))
+            lines.append("| %s | %.3f +- %.3f | %s | %s | %s | %s |" % (
+                label(m, runs[0]["settings"]), a["cpm_mean"], a["cpm_sd"], gain,
+                " / ".join("%.3f" % c for c in a["cpm_per_seed"]), per_gain, per_gap))
+        lines += ["", "Gap closed (a row's gain / the oracle's) is n/a on a seed where the oracle's gain was not clear "
+                  "of zero by its 95% interval or not larger than the noise control's gain in size (that seed's "
+                  "results.md says which)."]
         lines += [""] + verdict(summary["methods"])
         m = describe()
         lines += ["", "Seeds %s; total %.0f s (%.1f min). Machine: %s, %d cores, torch %s (%d threads)."
