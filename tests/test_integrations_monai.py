@@ -295,6 +295,7 @@ def test_unsupported_inputs_fall_back_to_monai():
     giou = box_utils.box_giou
     assert_same(dm.non_max_suppression(b3d, s, 0.3, -1, giou), MONAI_NMS(b3d, s, 0.3, -1, giou))
     assert dm.CALLS["fallback"] == 3 and dm.CALLS["kernel"] == 0
+    assert dm.CALLS["fallback non_max_suppression"] == 2 and dm.CALLS["fallback box_iou"] == 1
 
 
 # --------------------------------------------------------------------- MONAI objects

@@ -40,7 +40,7 @@ and by MONAI's own detection tests, see scripts/monai_tests.sh):
 
 `CALLS` counts what ran where: 'box_iou' / 'non_max_suppression' / 'batched_nms' (calls served
 by deepem's kernels), 'kernel' (kernel launches), 'fallback' (calls handed to MONAI's own
-function), 'restarts' (see above).
+function; 'fallback box_iou' etc. per function), 'restarts' and 'greedy_finish' (see above).
 
 Importing this module imports monai; `import deepem` and `import deepem.ops` never do.
 """
@@ -114,14 +114,18 @@ def _monai_metric(metric):
 
 def _fallback(name, *args):
     CALLS["fallback"] += 1
+    CALLS["fallback " + name] += 1
     return MONAI_FUNCTIONS[name](*args)
 
 
 def _validated_volumes(b: torch.Tensor) -> torch.Tensor:
-    """MONAI's box_area on float32 boxes, with its checks and messages."""
-    if bool((b[:, 3:] < b[:, :3]).any()):
+    """MONAI's box_area on float32 boxes, with its checks and messages. (A rounded difference
+    has the sign of the exact one, so extent < 0 is MONAI's max < min test; the volume is
+    MONAI's product in its order, up to the sign of a zero.)"""
+    ext = b[:, 3:] - b[:, :3]
+    if bool((ext < 0).any()):
         raise ValueError("Given boxes has invalid values. The box size must be non-negative.")
-    vol = (b[:, 3] - b[:, 0] + 0.0) * (b[:, 4] - b[:, 1] + 0.0) * (b[:, 5] - b[:, 2] + 0.0)
+    vol = ext[:, 0] * ext[:, 1] * ext[:, 2]
     if not bool(torch.isfinite(vol).all()):
         raise ValueError("Box area is NaN or Inf.")
     return vol
