@@ -40,7 +40,8 @@ and by MONAI's own detection tests, see scripts/monai_tests.sh):
 
 `CALLS` counts what ran where: 'box_iou' / 'non_max_suppression' / 'batched_nms' (calls served
 by deepem's kernels), 'kernel' (kernel launches), 'fallback' (calls handed to MONAI's own
-function; 'fallback box_iou' etc. per function), 'restarts' and 'greedy_finish' (see above).
+function; 'fallback box_iou (not [N, 6])', 'fallback non_max_suppression (metric)' etc. by
+function and reason), 'restarts' and 'greedy_finish' (see above).
 
 Importing this module imports monai; `import deepem` and `import deepem.ops` never do.
 """
@@ -112,9 +113,9 @@ def _monai_metric(metric):
     return MONAI_FUNCTIONS["box_iou"] if metric is box_iou else metric
 
 
-def _fallback(name, *args):
+def _fallback(name, why, *args):
     CALLS["fallback"] += 1
-    CALLS["fallback " + name] += 1
+    CALLS["fallback %s (%s)" % (name, why)] += 1
     return MONAI_FUNCTIONS[name](*args)
 
 
@@ -163,7 +164,7 @@ def _iou32(b1: torch.Tensor, b2: torch.Tensor) -> torch.Tensor:
 def box_iou(boxes1, boxes2):
     """monai.data.box_utils.box_iou on deepem's box_iou3d kernel (see the module notes)."""
     if not (_is_3d(boxes1) and _is_3d(boxes2)):
-        return _fallback("box_iou", boxes1, boxes2)
+        return _fallback("box_iou", "not [N, 6]", boxes1, boxes2)
     if not isinstance(boxes1, type(boxes2)):
         warnings.warn(f"boxes1 is {type(boxes1)}, while boxes2 is {type(boxes2)}. The result will be {type(boxes1)}.")
     b1, *_ = convert_data_type(boxes1, torch.Tensor)
@@ -313,8 +314,8 @@ def non_max_suppression(boxes, scores, nms_thresh: float, max_proposals: int = -
     if boxes.shape[0] == 0:
         return convert_to_dst_type(src=np.array([]), dst=boxes, dtype=torch.long)[0]
     if not (_is_iou(box_overlap_metric) and _is_3d(boxes)):
-        return _fallback("non_max_suppression", boxes, scores, nms_thresh, max_proposals,
-                         _monai_metric(box_overlap_metric))
+        return _fallback("non_max_suppression", "not [N, 6]" if not _is_3d(boxes) else "metric",
+                         boxes, scores, nms_thresh, max_proposals, _monai_metric(box_overlap_metric))
     if boxes.shape[0] != scores.shape[0]:
         raise ValueError(
             f"boxes and scores should have same length, got boxes shape {boxes.shape}, scores shape {scores.shape}"
@@ -334,8 +335,8 @@ def batched_nms(boxes, scores, labels, nms_thresh: float, max_proposals: int = -
     if boxes.shape[0] == 0:
         return convert_to_dst_type(src=np.array([]), dst=boxes, dtype=torch.long)[0]
     if not (_is_iou(box_overlap_metric) and _is_3d(boxes)):
-        return _fallback("batched_nms", boxes, scores, labels, nms_thresh, max_proposals,
-                         _monai_metric(box_overlap_metric))
+        return _fallback("batched_nms", "not [N, 6]" if not _is_3d(boxes) else "metric",
+                         boxes, scores, labels, nms_thresh, max_proposals, _monai_metric(box_overlap_metric))
     boxes_t, *_ = convert_data_type(boxes, torch.Tensor, dtype=torch.float32)
     scores_t, *_ = convert_to_dst_type(scores, boxes_t)
     labels_t, *_ = convert_to_dst_type(labels, boxes_t, dtype=torch.long)
