@@ -47,14 +47,40 @@ def missed_at_one_fp(marks, truth):
     return {uid: ~(b > cut) for uid, b in best.items()}
 
 
+def label_nodules(weak, truth_grid, tolerance=3.0):
+    """The true nodule of each weak label: int [M] (index into truth_grid, -1: none). Labels
+    mined from records come in their own order and miss some nodules (NLST gives micronodules
+    no location), so a label is matched to the nodule nearest in z (within `tolerance` grid
+    voxels: a mined slice is within one slice of the centre), one to one, closest pairs first
+    (ties: the lower indices). Labels derived from the truth, in its order, get their own
+    nodule. weak: [M, >= 1] (z, ...); truth_grid: [N, >= 1] (z, ...), both in grid voxels."""
+    weak, truth_grid = np.asarray(weak, np.float64), np.asarray(truth_grid, np.float64)
+    out = np.full(len(weak), -1, np.int64)
+    if not len(weak) or not len(truth_grid):
+        return out
+    dz = np.abs(weak[:, 0][:, None] - truth_grid[:, 0][None, :])
+    pairs = sorted((dz[i, j], i, j) for i in range(len(weak)) for j in range(len(truth_grid)) if dz[i, j] <= tolerance)
+    taken = set()
+    for _, i, j in pairs:
+        if out[i] < 0 and j not in taken:
+            out[i] = j
+            taken.add(j)
+    return out
+
+
 class PickDiagnostics:
     """em_fit observer: how right each E-step's picks are (see the module docstring)."""
 
     def __init__(self, data_dir, weak_uids, missed=None):
         self.truth = {u: true_boxes(data_dir, u)[1] for u in weak_uids}
+        self.nodule_of = {u: label_nodules(datasets.load_weak(data_dir, u), true_boxes(data_dir, u)[0])
+                          for u in weak_uids}
         self.missed = missed  # {uid: bool [N]} from missed_at_one_fp with the initial detector, or None
 
     def __call__(self, epoch, est: EStepResult) -> dict:
+        """Pick precision (picks inside any true nodule), label recall (labels with a pick
+        inside their own nodule; a label without one counts as wrong) and, of the nodules the
+        initial detector misses that have a label, the share whose label picked them."""
         scans = list(est.boxes)
         right_any, own = [], {}
         for row in est.rows:
@@ -62,30 +88,35 @@ class PickDiagnostics:
             xyz, t = np.asarray(row[3:6], np.float64), self.truth[uid]
             inside = np.linalg.norm(t[:, :3] - xyz, axis=1) < t[:, 3] / 2
             right_any.append(bool(inside.any()))
-            own[(uid, m)] = own.get((uid, m), False) or bool(m < len(t) and inside[m])
-        labels = [(u, m) for u in scans for m in range(len(self.truth[u]))]
+            j = self.nodule_of[uid][m] if m < len(self.nodule_of[uid]) else -1
+            own[(uid, m)] = own.get((uid, m), False) or bool(j >= 0 and inside[j])
+        labels = [(u, m) for u in scans for m in range(len(self.nodule_of[u]))]
         out = {"picks": len(est.rows), "labels": len(labels),
                "pick_precision": float(np.mean(right_any)) if right_any else float("nan"),
                "label_recall": float(np.mean([own.get(k, False) for k in labels])) if labels else float("nan")}
         if self.missed is not None:
-            hard = [(u, m) for u in scans for m in np.flatnonzero(self.missed[u])]
+            label_of = {(u, int(j)): m for u in scans for m, j in enumerate(self.nodule_of[u]) if j >= 0}
+            hard = [(u, m) for u in scans for j in np.flatnonzero(self.missed[u]) for m in [label_of.get((u, int(j)))]
+                    if m is not None]
             out["missed_by_init"] = len(hard)
-            out["missed_picked_right"] = float(np.mean([own.get((u, int(m)), False) for u, m in hard])) \
-                if hard else float("nan")
+            out["missed_picked_right"] = float(np.mean([own.get(k, False) for k in hard])) if hard else float("nan")
         return out
 
 
 def truth_estep(model, data_dir, uids, config, lobe, epoch, ctx) -> EStepResult:
-    """run_estep's signature and result, with every weak label's TRUE box as its pick."""
+    """run_estep's signature and result, with every true box of the weak scans as a pick
+    (with mined labels this includes the nodules the record gave no label, e.g. NLST's
+    micronodules); each keeps the lobe of its matched label (label_nodules), -1 without."""
     boxes, weights, rows, feats, lobes = {}, {}, [], [], []
     for uid in uids:
         grid, world = true_boxes(data_dir, uid)
         weak = datasets.load_weak(data_dir, uid)
+        lobe_of = {int(j): int(weak[m, 1]) for m, j in enumerate(label_nodules(weak, grid)) if j >= 0}
         meta = preprocess.load_meta(data_dir, uid)
         boxes[uid] = grid.astype(np.float32)
         weights[uid] = np.ones(len(grid), np.float32)
         for m, (g, w) in enumerate(zip(grid, world)):
-            lobe_id = int(weak[m, 1]) if m < len(weak) else -1
+            lobe_id = lobe_of.get(m, -1)  # the lobe its weak label says (-1: no label)
             rows.append([uid, m, 0, *map(float, w[:3]), float(w[3]), 1.0, float(w[2]), lobe_id])
             if lobe_id >= 0:
                 feats.append(features(torch.as_tensor(g[None, :3]), meta["shape"])[0])

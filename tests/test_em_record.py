@@ -151,3 +151,16 @@ def test_em_runs_with_the_record_terms(tmp_path, more):
         records = [json.loads(r) for r in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
         cal = [r for r in records if r.get("kind") == "calibration"]
         assert cal and cal[0]["size_sigma"] in (0.25, 0.35, 0.5, 0.7, 1.0)
+
+
+def test_label_nodules_matches_mined_labels_by_z():
+    from deepem.diagnostics import label_nodules
+
+    truth = np.array([[10.0, 5, 5, 6], [40.0, 5, 5, 3], [41.0, 9, 9, 8]])
+    # derived labels, in the truth's order: their own nodules
+    assert label_nodules(np.array([[10.0, 0], [40.0, 1], [41.0, 2]]), truth).tolist() == [0, 1, 2]
+    # mined: another order, one nodule without a label (a micronodule), z within a slice
+    assert label_nodules(np.array([[42.0, 2], [9.0, 0]]), truth).tolist() == [2, 0]
+    # a label far from every nodule has none; one nodule is never taken twice
+    assert label_nodules(np.array([[25.0, 0], [40.4, 0], [40.6, 0]]), truth).tolist() == [-1, 1, 2]
+    assert label_nodules(np.zeros((0, 4)), truth).tolist() == []
