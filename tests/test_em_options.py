@@ -42,6 +42,8 @@ def test_shifted_and_tempered_logits_enter_the_posterior_as_platt_scaling(tmp_pa
     np.testing.assert_allclose(lp[0, 0].exp().numpy(), expected_posterior(p, 10.0), rtol=1e-5, atol=1e-7)
     paper, _ = label_posterior(props, num_p, weak_z, weak_lobe, num_w, None, load_config().em)
     assert float(paper[0, 0].exp().max()) < 0.6 < float(lp[0, 0].exp().max())
+    np.testing.assert_allclose(paper[0, 0].exp().numpy(), expected_posterior(props[0].numpy().astype(np.float64), 10.0),
+                               rtol=1e-5, atol=1e-7)
     assert props[0, 0, 0] == 5.0  # the caller's proposals are left alone
 
 
@@ -140,6 +142,32 @@ def test_a_frozen_teacher_detects_each_scan_once(data):
     assert calls["n"] == 2 * runs
 
 
+def test_a_frozen_teacher_proposes_what_the_initial_model_proposes_at_every_epoch(data, tmp_path):
+    """em.teacher=init through em_fit: at every epoch's E-step the proposals equal those of the
+    initial checkpoint's model, loaded here on its own, while the student trains away from it."""
+    from deepem.em import run_estep
+    from deepem.em.estep import detect_proposals
+
+    root, init = data
+    start = Res18(0.125)
+    start.load_state_dict(checkpoint.load(init)["model"])
+    seen = []
+
+    def estep(model, data_dir, uids, config, lobe, epoch, ctx):
+        weak_z = {u: datasets.load_weak(data_dir, u)[:, 0] for u in uids}
+        got, _ = detect_proposals(model, data_dir, uids, weak_z, config, ctx)
+        ref, _ = detect_proposals(start, data_dir, uids, weak_z, config, ctx)
+        seen.append((epoch, sum(len(ref[u]) for u in uids)))
+        assert all(torch.equal(got[u], ref[u]) for u in uids), epoch
+        return run_estep(model, data_dir, uids, config, lobe, epoch, ctx)
+
+    t = em_fit(em_config(root, ["run.out=" + str(tmp_path / "em"), "optim.epochs=2", "em.method=map",
+                                "em.teacher=init", "em.threshold=-20"]), init=init, estep=estep)
+    assert [e for e, _ in seen] == [0, 1] and all(n > 0 for _, n in seen)
+    assert any(not torch.equal(v, start.state_dict()[k]) for k, v in t.model.state_dict().items()
+               if v.is_floating_point())
+
+
 # ---- calibration rules ---------------------------------------------------------------------
 
 def test_best_min_posterior_maximises_right_minus_wrong():
@@ -182,9 +210,12 @@ def test_zero_regression_weights_drop_only_the_regression_terms():
     loss = DetectionLoss(num_neg=50)
     full = loss(out, boxes, seed=3)
     half = loss(out, boxes, seed=3, reg_weights=[torch.ones(1), torch.zeros(1)])
+    other = loss(out, boxes, seed=3, reg_weights=[torch.zeros(1), torch.ones(1)])
     none = loss(out, boxes, seed=3, reg_weights=[torch.zeros(1), torch.zeros(1)])
     assert half.parts["cls_pos"] == full.parts["cls_pos"] and half.parts["cls_neg"] == full.parts["cls_neg"]
     assert all(none.parts[k] == 0.0 for k in ("reg_z", "reg_y", "reg_x", "reg_d"))
+    for k in ("reg_z", "reg_y", "reg_x", "reg_d"):  # each box's regression term, exactly its own share
+        assert half.parts[k] + other.parts[k] == pytest.approx(full.parts[k], rel=1e-6, abs=1e-9), k
     assert 0 < half.parts["reg_d"] < full.parts["reg_d"]
     assert float(none.total) == pytest.approx(0.5 * full.parts["cls_pos"] + 0.5 * full.parts["cls_neg"], rel=1e-5)
 

@@ -323,6 +323,12 @@ def test_bf16_autocast_gives_a_float32_output():
     out = Detector(model, margin=8, amp="bf16").network_output(image)
     assert out.dtype == torch.float32 and out.shape == ref.shape and torch.isfinite(out).all()
     assert (out - ref).abs().max() < 0.5
+    # bf16 really ran (a Detector that ignored amp would give ref exactly), and only its rounding
+    # separates the two: the network run under torch.autocast itself gives the same output
+    assert (out - ref).abs().max() > 0
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        direct = Detector(model, margin=8).network_output(image)
+    torch.testing.assert_close(out, direct.float(), rtol=0, atol=0)
 
 
 def test_cli_detect_bad_split_or_checkpoint_is_a_usage_error(scans, checkpoint, tmp_path, capsys):

@@ -101,6 +101,11 @@ def test_loss_without_boxes_is_half_negative_bce():
     # at most that of the 6 top logits overall; and it is exactly half the negative BCE.
     assert float(result.total) <= 0.5 * float(F.binary_cross_entropy_with_logits(hard, torch.zeros(6))) + 1e-6
     assert float(result.total) == pytest.approx(0.5 * result.parts["cls_neg"])
+    # exactly: half the BCE of the hard negatives that the reference picks among the sampled ones
+    gt, num = pad_boxes([torch.zeros(0, 6), torch.zeros(0, 6)])
+    labels = label_anchors3d(gt, anchor_grid((4, 4, 4)), num_gt=num, num_neg=20, seed=0)
+    ref = reference_loss(output, [torch.zeros(0, 4), torch.zeros(0, 4)], labels, 3)
+    assert abs(float(result.total) - ref) < 1e-6 * max(1, abs(ref))
 
 
 def test_negatives_excluded_in_weak_band():

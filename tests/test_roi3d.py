@@ -302,10 +302,22 @@ def test_half_types_compute_in_float32(dtype):
     out = roi_align3d(xh, rois, 2, 1.0, 2, True)
     assert out.dtype == dtype
     torch.testing.assert_close(out, roi_align3d(xh.detach().float(), rois, 2, 1.0, 2, True).to(dtype))
-    out.float().sum().backward()
+    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(7)).to(dtype)
+    out.backward(g)
     assert xh.grad.dtype == dtype
     pooled = roi_pool3d(xh.detach(), rois, 2)
     torch.testing.assert_close(pooled, roi_pool3d(xh.detach().float(), rois, 2).to(dtype))
+    # ... and against the float64 references on the rounded inputs (forward and gradient): one
+    # rounding to the dtype (2^-11 / 2^-8 relative) plus the float32 arithmetic between them
+    tol = dict(rtol={torch.float16: 2.0 ** -11, torch.bfloat16: 2.0 ** -8}[dtype], atol=1e-5)
+    xr = xh.detach().double().requires_grad_()
+    ref = roi_align3d_grid_sample(xr, rois.double(), (2, 2, 2), 1.0, 2, True)
+    ref.backward(g.double())
+    torch.testing.assert_close(out.double(), ref.detach(), **tol)
+    torch.testing.assert_close(xh.grad.double(), xr.grad, **tol)
+    assert xr.grad.abs().sum() > 0 and ref.abs().sum() > 0
+    ref_pool, _ = roi_pool3d_reference(xh.detach().float(), rois, (2, 2, 2))  # a max of rounded values: exact
+    assert torch.equal(pooled.float(), torch.as_tensor(ref_pool).float())
 
 
 def test_backward_independent_of_thread_count():
