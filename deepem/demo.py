@@ -424,6 +424,9 @@ def aggregate(runs):
             agg["gain_per_seed"] = [float(r["gain_cpm"]) for r in rows]
         if all("gap_closed" in r for r in rows):  # None on a seed whose oracle gap was not real
             agg["gap_closed_per_seed"] = [r["gap_closed"] for r in rows]
+        unselected = [run.get("seed") for run, r in zip(runs, rows) if not r.get("validation_selected", True)]
+        if unselected:  # seeds whose run had no finite validation metric: its last weights were tested
+            agg["not_validation_selected_seeds"] = unselected
         out[m] = agg
     return out
 
@@ -471,8 +474,12 @@ def main(out, seed=0, seeds=1, quick=False, full=False, workers=2, paper=False, 
             gain = "%+.3f +- %.3f" % (a["gain_mean"], a["gain_sd"]) if "gain_mean" in a else ""
             per_gain = " / ".join("%+.3f" % g for g in a.get("gain_per_seed", []))
             per_gap = " / ".join("n/a" if g is None else "%.0f%%" % (100 * g) for g in a.get("gap_closed_per_seed", []))
+            name = label(m, runs[0]["settings"])
+            if a.get("not_validation_selected_seeds"):
+                name += " (not validation-selected on seed(s) %s)" % ", ".join(
+                    map(str, a["not_validation_selected_seeds"]))
             lines.append("| %s | %.3f +- %.3f | %s | %s | %s | %s |" % (
-                label(m, runs[0]["settings"]), a["cpm_mean"], a["cpm_sd"], gain,
+                name, a["cpm_mean"], a["cpm_sd"], gain,
                 " / ".join("%.3f" % c for c in a["cpm_per_seed"]), per_gain, per_gap))
         lines += ["", "Gap closed (a row's gain / the oracle's) is n/a on a seed where the oracle's gain was not clear "
                   "of zero by its 95% interval or not larger than the noise control's gain in size (that seed's "

@@ -128,6 +128,30 @@ def point_dir(out, n_full, seed):
     return os.path.join(out, "n%03d_s%d" % (n_full, seed))
 
 
+POINT_FIELDS = ("n_full", "n_weak", "em_fraction")  # the settings point_settings sets per point
+
+
+def shared_settings(settings):
+    """A point's settings (point.json's, or asdict) less those set per point: one study's
+    points all share them. JSON form (tuples as lists), as point.json reads back."""
+    return {k: v for k, v in json.loads(json.dumps(settings or {})).items() if k not in POINT_FIELDS}
+
+
+def check_study_settings(out, base: demo.Settings = demo.DEFAULT):
+    """A study folder holds one setting: refuse to add points made with `base` to points made
+    with another (their summary would mix them)."""
+    ours = shared_settings(asdict(point_settings(1, base)))
+    for name in sorted(os.listdir(out)) if os.path.isdir(out) else []:
+        path = os.path.join(out, name, "point.json")
+        if name.startswith("n") and os.path.isfile(path):
+            with open(path) as f:
+                theirs = shared_settings(json.load(f).get("settings"))
+            if theirs != ours:
+                changed = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
+                raise ValueError("%s holds study points made with other settings (%s: %s differ); give another "
+                                 "--out or remove them" % (out, name, ", ".join(changed)))
+
+
 def run_variant(out, s: demo.Settings, seed, name, variant: Variant, init_ckpt, diagnostics_ready):
     """Trains one variant from init_ckpt in out/name; returns its record (val CPM, EM logs)."""
     from .diagnostics import (PickDiagnostics, negatives_estep, perturbed_truth_estep, picks_plot, read_metrics,
@@ -184,7 +208,7 @@ def test_marks(out, s, name, test_uids):
 
     path = os.path.join(out, name, "test_marks.csv")
     if not os.path.isfile(path):
-        found = demo.detect_split(demo.best_checkpoint(os.path.join(out, name)), os.path.join(out, "preprocessed"),
+        found = demo.detect_split(demo.best_checkpoint(os.path.join(out, name))[0], os.path.join(out, "preprocessed"),
                                   test_uids, s)
         froc.write_marks(path, {u: m[1] for u, m in found.items()}, {u: m[0].diameter_mm for u, m in found.items()})
     return path
@@ -198,6 +222,7 @@ def run_point(out, n_full, seed, variants=DEFAULT_VARIANTS, workers=2, base=demo
 
     s = point_settings(n_full, base)
     os.makedirs(out, exist_ok=True)
+    demo.check_same_settings(out, s, seed)  # finished stages are reused: never under other settings
     times = {}
     pre, raw = os.path.join(out, "preprocessed"), os.path.join(out, "raw")
     demo.run_stage(out, "data", lambda d: demo.make_data(out, s, seed, workers), times)
@@ -224,7 +249,8 @@ def run_point(out, n_full, seed, variants=DEFAULT_VARIANTS, workers=2, base=demo
     marks = {n: read_marks(os.path.join(out, n, "test_marks.csv")) for n in done}
     for name in done:
         r = froc.evaluate(marks[name], annotations, test_uids, excluded=excluded, bootstrap=0)
-        rows[name].update(test_cpm=float(r.cpm), test_sensitivity=[float(v) for v in r.sensitivity])
+        rows[name].update(test_cpm=float(r.cpm), test_sensitivity=[float(v) for v in r.sensitivity],
+                          validation_selected=demo.best_checkpoint(os.path.join(out, name))[1])
         if name != "baseline" and "baseline" in marks:
             c = froc.compare(marks[name], marks["baseline"], annotations, test_uids, excluded=excluded)
             rows[name].update(gain=float(c["diff"]), gain_ci95=[float(v) for v in c["ci95"]],
@@ -262,6 +288,16 @@ def summarize(out):
                 points.append(json.load(f))
     if not points:
         return None
+    kinds = {}  # points by their shared settings: one kind only, else the table would mix settings
+    for p in points:
+        kinds.setdefault(json.dumps(shared_settings(p.get("settings")), sort_keys=True), []).append(p)
+    if len(kinds) > 1:
+        sets = [json.loads(k) for k in kinds]
+        changed = sorted(k for k in set().union(*sets) if len({json.dumps(s.get(k)) for s in sets}) > 1)
+        raise ValueError("%s holds study points made with other settings (%s differ: %s); summarize each setting "
+                         "in its own folder" % (out, ", ".join(changed), "; ".join(
+                             ", ".join("n%03d_s%d" % (p["n_full"], p["seed"]) for p in group)
+                             for group in kinds.values())))
     names = [n for n in VARIANTS if any(n in p["rows"] for p in points)]
     table = {}
     for n_full in sorted({p["n_full"] for p in points}):
@@ -280,6 +316,7 @@ def summarize(out):
             agg["pick_precision_first"] = [a for a, _ in precision]
             agg["pick_precision_last"] = [b for _, b in precision]
             agg["missed_picked_right_first"] = [first_last(r["diagnostics"], "missed_picked_right")[0] for r in rows]
+            agg["validation_selected"] = [r.get("validation_selected", True) for r in rows]
             entry["rows"][n] = agg
         table[n_full] = entry
     # the machines the points ran on (not the one summarizing them), each once
@@ -320,8 +357,11 @@ def markdown(summary):
                 a["gain_mean"], "-" if a["gain_sd"] is None else "%.3f" % a["gain_sd"])
             pp = " / ".join("%s -> %s" % ("-" if f is None else "%.2f" % f, "-" if l is None else "%.2f" % l)
                             for f, l in zip(a["pick_precision_first"], a["pick_precision_last"]))
+            unselected = a.get("validation_selected", []).count(False)
+            name = VARIANTS[n].label + (" (on %d seed(s) no validated epoch: its last epoch was tested)" % unselected
+                                        if unselected else "")
             lines.append("| %s | %s | %s | %s | %s | %s | %s |" % (
-                VARIANTS[n].label, _fmt_list(a["test_cpm"]), gain, _fmt_list(a["gain"], "%+.3f"),
+                name, _fmt_list(a["test_cpm"]), gain, _fmt_list(a["gain"], "%+.3f"),
                 _fmt_list(a["val_cpm"]), pp if VARIANTS[n].kind == "em" else "",
                 _fmt_list(a["missed_picked_right_first"], "%.2f") if VARIANTS[n].kind == "em" else ""))
         lines.append("")
@@ -379,6 +419,7 @@ def main(out, n_full=(16, 32, 64), seeds=(0, 1), variants=DEFAULT_VARIANTS, work
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         raise ValueError("unknown variant(s) %s (known: %s)" % (", ".join(unknown), ", ".join(VARIANTS)))
+    check_study_settings(out, base)
     if "baseline" not in variants:
         variants = ("baseline",) + tuple(variants)
     for n in n_full:

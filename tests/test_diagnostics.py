@@ -1,8 +1,10 @@
 """deepem.diagnostics and deepem.study: pick statistics against the truth, the nodules an
 initial detector misses at 1 FP per scan, the truth / negatives-only E-steps, that diagnostics
 leave an EM run bit-identical, and the study's settings, tables and figure."""
+import dataclasses
 import json
 import os
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -149,10 +151,48 @@ def test_point_settings_take_no_em_option_from_the_demo():
 
 def test_a_point_run_again_with_other_variants_keeps_the_finished_ones(tmp_path):
     """Stages resume, and point.json reports every finished variant, not only this call's."""
-    out = str(tmp_path / "point")
+    out = str(tmp_path / "n002_s0")
     first = study.run_point(out, 2, 0, variants=("baseline",), base=demo.QUICK)
     assert set(first["rows"]) == {"baseline"}
     second = study.run_point(out, 2, 0, variants=("baseline_rerun",), base=demo.QUICK)
     assert set(second["rows"]) == {"baseline", "baseline_rerun"}
     assert second["rows"]["baseline"]["test_cpm"] == first["rows"]["baseline"]["test_cpm"]
     assert "gain" in second["rows"]["baseline_rerun"]
+    # the stored numbers, recomputed from the stored marks with deepem.eval.froc
+    from deepem.data import tables
+    from deepem.eval import froc
+    from deepem.eval.marks import read_marks
+
+    test = json.load(open(os.path.join(out, "preprocessed", "splits.json")))["test"]
+    annotations = tables.read_annotations(os.path.join(out, "raw", "annotations.csv"))
+    excluded = tables.read_annotations(os.path.join(out, "raw", "annotations_excluded.csv"), excluded=True)
+    marks = {n: read_marks(os.path.join(out, n, "test_marks.csv")) for n in ("baseline", "baseline_rerun")}
+    for n, row in second["rows"].items():
+        assert set(marks[n]) <= set(test) and row["validation_selected"] is True
+        r = froc.evaluate(marks[n], annotations, test, excluded=excluded, bootstrap=0)
+        assert (row["test_cpm"], row["test_sensitivity"]) == (r.cpm, [float(v) for v in r.sensitivity])
+    c = froc.compare(marks["baseline_rerun"], marks["baseline"], annotations, test, excluded=excluded)
+    assert second["rows"]["baseline_rerun"]["gain"] == c["diff"] == c["cpm_a"] - c["cpm_b"]
+    # finished stages are reused: the folder refuses other settings before touching anything
+    before = sorted(os.listdir(out))
+    with pytest.raises(ValueError, match="other settings .*lr differ"):
+        study.run_point(out, 2, 0, variants=("baseline",), base=replace(demo.QUICK, lr=0.02))
+    with pytest.raises(ValueError, match="n002_s0: lr differ"):  # the study refuses it up front
+        study.check_study_settings(str(tmp_path), replace(demo.QUICK, lr=0.02))
+    study.check_study_settings(str(tmp_path), demo.QUICK)
+    assert sorted(os.listdir(out)) == before
+
+
+def test_a_study_summary_never_groups_points_made_with_other_settings(tmp_path):
+    for n_full, seed, lr in ((16, 0, 0.001), (16, 1, 0.002), (32, 0, 0.001)):
+        folder = tmp_path / ("n%03d_s%d" % (n_full, seed))
+        folder.mkdir()
+        settings = dataclasses.asdict(replace(study.point_settings(n_full), lr=lr))
+        (folder / "point.json").write_text(json.dumps({
+            "n_full": n_full, "seed": seed, "init_val_cpm": 0.3, "seconds_total": 60.0, "settings": settings,
+            "rows": {"baseline": {"test_cpm": 0.5, "val_cpm_best": 0.5, "diagnostics": []}}}))
+    with pytest.raises(ValueError, match=r"other settings \(lr differ: n016_s0, n032_s0; n016_s1\)"):
+        study.summarize(str(tmp_path))
+    assert not (tmp_path / "study.json").exists()
+    (tmp_path / "n016_s1" / "point.json").unlink()  # one setting left: n_full's own settings differ, as they must
+    assert sorted(study.summarize(str(tmp_path))["table"]) == [16, 32]
