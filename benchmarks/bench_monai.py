@@ -23,13 +23,16 @@ topk_candidates_per_level is set so that the given number of candidates enters N
   the part deepem replaces.
 ATSS matcher, for the bundle's training patch 192 x 192 x 80 (315,360 anchors) and the whole
 window: the IoU of 3 GT boxes with every anchor (the matcher's similarity_fn), its peak memory
-above the inputs, and the matcher's whole compute_matches.
+above the inputs (CPU: peak RSS in a fresh process where every large block is a fresh mapping;
+CUDA: the allocator's peak), and the matcher's whole compute_matches.
 """
 import argparse
 import copy
 import gc
+import json
 import math
 import os
+import subprocess
 import sys
 
 import numpy as np
@@ -196,24 +199,52 @@ def bench_atss(det, device, cuda, rng):
     rows = []
     for name, size in [("train patch", PATCH), ("window", WINDOW)]:
         anchors, locs = anchors_for(det, size, device)
-        lo = torch.tensor(rng.uniform(10, np.array(size) - 40, (3, 3)), dtype=torch.float32)
-        gt = torch.cat([lo, lo + torch.tensor(rng.uniform(4, 30, (3, 3)), dtype=torch.float32)], 1).to(device)
+        gt = gt_boxes(size, device)
         want = dm.MONAI_FUNCTIONS["box_iou"](gt, anchors)
         got = dm.box_iou(gt, anchors)
         assert torch.equal(want, got) if not cuda else float((want - got).abs().max()) <= 1e-6
         r = {"case": name, "anchors": int(anchors.shape[0]), "gt": 3, "device": device}
         r["iou_monai"] = timeit(lambda: dm.MONAI_FUNCTIONS["box_iou"](gt, anchors), cuda=cuda, min_runs=3, budget=1.0)
         r["iou_deepem"] = timeit(lambda: dm.box_iou(gt, anchors), cuda=cuda, min_runs=3, budget=1.0)
-        r["iou_peak_monai"] = peak_extra_bytes(lambda: dm.MONAI_FUNCTIONS["box_iou"](gt, anchors), cuda)
-        r["iou_peak_deepem"] = peak_extra_bytes(lambda: dm.box_iou(gt, anchors), cuda)
         m_monai = ATSSMatcher(4, dm.MONAI_FUNCTIONS["box_iou"], center_in_gt=False)
         m_deepem = ATSSMatcher(4, dm.box_iou, center_in_gt=False)
         assert torch.equal(m_monai.compute_matches(gt, anchors, locs, 3)[1], m_deepem.compute_matches(gt, anchors, locs, 3)[1])
         r["match_monai"] = timeit(lambda: m_monai.compute_matches(gt, anchors, locs, 3), cuda=cuda, min_runs=3, budget=1.0)
         r["match_deepem"] = timeit(lambda: m_deepem.compute_matches(gt, anchors, locs, 3), cuda=cuda, min_runs=3, budget=1.0)
+        if cuda:
+            r["iou_peak_monai"] = peak_extra_bytes(lambda: dm.MONAI_FUNCTIONS["box_iou"](gt, anchors), cuda)
+            r["iou_peak_deepem"] = peak_extra_bytes(lambda: dm.box_iou(gt, anchors), cuda)
         rows.append(r)
         print("done atss %s %s" % (name, device), file=sys.stderr)
+    if not cuda:  # CPU peaks in a fresh process (see iou_peaks)
+        out = subprocess.run([sys.executable, os.path.abspath(__file__), "--iou-peaks"], check=True,
+                             capture_output=True, text=True).stdout
+        for r, peaks in zip(rows, json.loads(out.strip().splitlines()[-1])):
+            r.update(peaks)
     return rows
+
+
+def gt_boxes(size, device):
+    """3 nodule-like GT boxes (sides 4-30 voxels) inside an image of `size`, fixed by `size`."""
+    rng = np.random.default_rng(sum(size))
+    lo = torch.tensor(rng.uniform(10, np.array(size) - 40, (3, 3)), dtype=torch.float32)
+    return torch.cat([lo, lo + torch.tensor(rng.uniform(4, 30, (3, 3)), dtype=torch.float32)], 1).to(device)
+
+
+def iou_peaks():
+    """CPU peak memory of the ATSS IoU, MONAI then deepem, per case: run in a fresh process
+    whose heap holds no freed memory yet, with every large block a fresh mapping, so that the
+    peak RSS sees each temporary. Prints one JSON line."""
+    _mmap_large_allocations()
+    det = bundle_detector()
+    peaks = []
+    for size in (PATCH, WINDOW):
+        anchors, _ = anchors_for(det, size, "cpu")
+        gt = gt_boxes(size, "cpu")
+        dm.box_iou(gt[:1], anchors[:1])  # first-call setup outside the measurement
+        peaks.append({"iou_peak_monai": peak_extra_bytes(lambda: dm.MONAI_FUNCTIONS["box_iou"](gt, anchors), False),
+                      "iou_peak_deepem": peak_extra_bytes(lambda: dm.box_iou(gt, anchors), False)})
+    print(json.dumps(peaks))
 
 
 def main():
@@ -223,10 +254,12 @@ def main():
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
     parser.add_argument("--json", help="write the results to this file")
+    parser.add_argument("--iou-peaks", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.iou_peaks:
+        return iou_peaks()
     if args.threads:
         torch.set_num_threads(args.threads)
-    _mmap_large_allocations()
     sizes = [int(s) for s in args.candidates.split(",")]
     device, cuda = args.device, args.device == "cuda"
     rng = np.random.default_rng(0)
