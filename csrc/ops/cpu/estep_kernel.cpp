@@ -36,6 +36,8 @@ void posterior_scans(const EmPosteriorInputs& in, const EmParams<T>& prm, T* out
   at::parallel_for(0, B, grain_for(M * P), [&](int64_t begin, int64_t end) {
     std::vector<T> log_sig;         // per proposal of the scan: shared by its labels
     std::vector<T> log_d;           // log diameter per proposal (only with a size term)
+    std::vector<T> texture;         // w_t * log p(texture | proposal), one contiguous column per texture
+    std::vector<T> record;          // the current label's record term per proposal
     std::vector<int64_t> admitted;  // positions with a finite weight in the current label
     for (int64_t b = begin; b < end; ++b) {
       const int64_t n = counts[b];
@@ -46,6 +48,13 @@ void posterior_scans(const EmPosteriorInputs& in, const EmParams<T>& prm, T* out
       if (records.log_diameter) {
         log_d.resize(n);
         for (int64_t p = 0; p < n; ++p) log_d[p] = em_log(pb[5 * p + 4]);
+      }
+      if (records.texture) {  // strided [P, K] -> contiguous columns, scaled once per scan
+        const int64_t K = records.K;
+        const T* tb = records.texture_log_probs + b * P * K;
+        texture.resize(K * n);
+        for (int64_t t = 0; t < K; ++t)
+          for (int64_t p = 0; p < n; ++p) texture[t * n + p] = prm.texture_weight * tb[p * K + t];
       }
       for (int64_t m = 0; m < M; ++m) {
         T* row = out + (b * M + m) * P;
@@ -69,10 +78,22 @@ void posterior_scans(const EmPosteriorInputs& in, const EmParams<T>& prm, T* out
             max_w = w > max_w ? w : max_w;
           }
         } else {
+          // The record term of every proposal first, in loops the compiler vectorises (the
+          // values of em_record_term: size + w_t * log p(texture)).
+          record.assign(n, T(0));
+          if (rec.log_d == rec.log_d) {
+            for (int64_t p = 0; p < n; ++p) {
+              const T t = log_d[p] - rec.log_d;
+              record[p] = -(t * t) * prm.inv_two_var_size;
+            }
+          }
+          if (rec.texture) {
+            const T* col = texture.data() + (rec.texture - (records.texture_log_probs + b * P * records.K)) * n;
+            for (int64_t p = 0; p < n; ++p) record[p] = record[p] + col[p];
+          }
           for (int64_t p = 0; p < n; ++p) {
-            const T record = em_record_term(records.log_diameter ? log_d[p] : T(0), p, rec, prm);
             const T w = em_log_weight(log_sig[p], pb[5 * p + 1], z_m,
-                                      lobe_col ? lobe_col[p * L] : T(0), prm, record, true);
+                                      lobe_col ? lobe_col[p * L] : T(0), prm, record[p], true);
             row[p] = w;
             admitted[count] = p;
             count += w > T(-INFINITY);
