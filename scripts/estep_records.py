@@ -150,7 +150,7 @@ def main():
     weak_rows = evaluate(pre, splits["weak"], model, config, ctx, missed, pre, splits["val"])
     os.makedirs(args.out, exist_ok=True)
     m = describe()
-    payload = {"validation": val_rows, "weak": weak_rows, "run": os.path.abspath(args.run), "machine": m,
+    payload = {"validation": val_rows, "weak": weak_rows, "run": os.path.basename(os.path.abspath(args.run)), "machine": m,
                "seconds": time.time() - t0}
     with open(os.path.join(args.out, "estep_records.json"), "w") as f:
         json.dump(payload, f, indent=1)
