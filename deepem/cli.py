@@ -88,6 +88,10 @@ def _preprocess(args):
           % (len(report["done"]), len(report["skipped"]), len(report["failed"]), args.out_dir))
     for uid, reason in sorted(report["failed"].items()):
         print("  failed %s: %s" % (uid, reason.splitlines()[0]), file=sys.stderr)
+    if report["unlisted"]:
+        print("  %d scan(s) under %s are not in the seriesuids list and were left out (e.g. %s); "
+              "--seriesuids none takes every scan found" % (len(report["unlisted"]), args.data_root,
+                                                            report["unlisted"][0]), file=sys.stderr)
     return 1 if (report["failed"] and args.strict) else 0
 
 

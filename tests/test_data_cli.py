@@ -29,12 +29,18 @@ def test_phantom_then_preprocess(tmp_path, capsys):
         assert meta["lung_mask"].endswith(uid + ".mhd")  # seg-lungs found by default
     ds = datasets.CropDataset(pre, uids, crop_size=32)
     assert ds[0]["image"].shape == (1, 32, 32, 32)
-    # rerun: nothing to do; a file that is not a scan makes --strict fail, by name
+    # rerun: nothing to do; a scan file that seriesuids.csv (taken by default) does not list is
+    # left out and said; with every scan found, a file that is not a scan makes --strict fail, by name
     (data / "subset0" / "broken.mhd").write_text("garbage\n")
     assert cli.main(["preprocess", str(data), str(pre), "--quiet"]) == 0
     captured = capsys.readouterr()
+    assert "0 scans, 3 already done, 0 failed" in captured.out
+    assert "1 scan(s) under" in captured.err and "(e.g. broken)" in captured.err
+    assert cli.main(["preprocess", str(data), str(pre), "--quiet", "--seriesuids", "none"]) == 0
+    captured = capsys.readouterr()
     assert "0 scans, 3 already done, 1 failed" in captured.out and "broken" in captured.err
-    assert cli.main(["preprocess", str(data), str(pre), "--quiet", "--strict", "--seg-dir", "none"]) == 1
+    assert cli.main(["preprocess", str(data), str(pre), "--quiet", "--strict", "--seg-dir", "none",
+                     "--seriesuids", "none"]) == 1
     # without annotations the labels are empty
     assert cli.main(["preprocess", str(data), str(tmp_path / "nolab"), "--quiet", "--annotations", "none"]) == 0
     assert np.load(tmp_path / "nolab" / (uids[0] + "_label.npy")).shape == (0, 4)

@@ -234,7 +234,9 @@ def preprocess_dataset(data_root, out_dir, annotations_csv=None, weak_csv=None, 
         seg_dir = os.path.join(data_root, SEG_FOLDER)
     if seg_dir is not None and not os.path.isdir(seg_dir):
         seg_dir = None
-    report = {"done": [], "skipped": [], "failed": {}}
+    report = {"done": [], "skipped": [], "failed": {},
+              # scans on disk that a seriesuids list left out: said, never silently dropped
+              "unlisted": sorted(set(scans) - set(uids)) if seriesuids_csv else []}
     jobs = []
     for uid in uids:
         try:
