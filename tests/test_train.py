@@ -1,5 +1,6 @@
 """deepem.train: exact resume, the NaN guard, configuration errors, the CLI, and a 2-process
 gloo (DDP) run. Tiny model and data: seconds per run."""
+import glob
 import json
 import os
 import socket
@@ -115,14 +116,27 @@ def free_port():
         return s.getsockname()[1]
 
 
+def rank_logs(folder, tail=1500):
+    """The end of every rank's own output that torchrun --log-dir kept (its summary alone does
+    not say why a rank died)."""
+    parts = []
+    for path in sorted(glob.glob(os.path.join(str(folder), "**", "*.log"), recursive=True)):
+        with open(path, errors="replace") as f:
+            text = f.read()
+        if text.strip():
+            parts.append("--- %s\n%s" % (os.path.relpath(path, str(folder)), text[-tail:]))
+    return "\n".join(parts) or "(no rank output kept)"
+
+
 def test_two_process_gloo_run(data, tmp_path):
-    out = tmp_path / "ddp"
+    out, logs = tmp_path / "ddp", tmp_path / "rank_logs"
     args = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-            "--master_port", str(free_port()), "-m", "deepem", "train", "--data", data, "--out", str(out)]
+            "--master_port", str(free_port()), "--log-dir", str(logs), "--tee", "3",
+            "-m", "deepem", "train", "--data", data, "--out", str(out)]
     for item in TINY + ["optim.epochs=2", "run.threads=1"]:
         args += ["--set", item]
     r = subprocess.run(args, capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=600)
-    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.returncode == 0, "%s\nranks' own output:\n%s" % (r.stderr[-2000:], rank_logs(logs))
     assert r.stdout.count("trained 2 epochs") == 1  # rank 0 alone reports and writes
     lines = [json.loads(l) for l in open(out / "metrics.jsonl")]
     assert [l["step"] for l in lines if l["kind"] == "step"] == [1, 2, 1, 2]
