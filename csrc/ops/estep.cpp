@@ -43,11 +43,35 @@ at::Tensor real_labels(const EmPosteriorInputs& in) {
   return at::arange(M, in.num_weak.options()).unsqueeze(0) < in.num_weak.unsqueeze(1);
 }
 
+// A per-proposal log-probability input [B, P, K] (lobe or texture model): checked, in `dt`.
+at::Tensor checked_log_probs(const at::Tensor& t, const at::Tensor& proposals, at::ScalarType dt,
+                             const char* name, const char* what) {
+  const int64_t B = proposals.size(0), P = proposals.size(1);
+  DEEPEM_CHECK(t.dim() == 3 && t.size(0) == B && t.size(1) == P && t.size(2) >= 1, kOp,
+              ": argument '", name, "' must have shape [", B, ", ", P, ", K] (", what,
+              ", K >= 1), got ", t.sizes());
+  check_floating(t, kOp, name);
+  check_same_device(t, proposals, kOp, name, "proposals");
+  return t.to(dt).contiguous();
+}
+
+// Ids [B, M] of real labels (padded slots may hold anything) in [lowest, count): the last
+// dimension of `source`.
+void check_label_ids(const EmPosteriorInputs& in, const at::Tensor& ids, int64_t lowest,
+                     int64_t count, const char* name, const char* source) {
+  if (ids.numel() == 0) return;
+  const at::Tensor out_of_range =
+      at::logical_or(ids < lowest, ids >= count).logical_and_(real_labels(in));
+  DEEPEM_CHECK(!out_of_range.any().item<bool>(), kOp, ": argument '", name,
+              "' must hold ids in [", lowest, ", ", count, ") (", lowest < 0 ? "-1: none; " : "",
+              "the last dimension of '", source, "') for every real label");
+}
+
 void check_record_args(EmPosteriorInputs& in, const c10::optional<at::Tensor>& weak_diameter,
                        double size_sigma, const c10::optional<at::Tensor>& weak_texture,
                        const c10::optional<at::Tensor>& texture_log_probs,
                        double texture_weight) {
-  const int64_t B = in.proposals.size(0), P = in.proposals.size(1), M = in.weak_z.size(1);
+  const int64_t B = in.proposals.size(0), M = in.weak_z.size(1);
   const at::ScalarType dt = in.proposals.scalar_type();
   if (weak_diameter.has_value()) {
     const at::Tensor& d = *weak_diameter;
@@ -72,12 +96,8 @@ void check_record_args(EmPosteriorInputs& in, const c10::optional<at::Tensor>& w
               "textures and log p(texture | proposal)); got only ",
               weak_texture.has_value() ? "'weak_texture'" : "'texture_log_probs'");
   if (weak_texture.has_value()) {
-    const at::Tensor& tp = *texture_log_probs;
-    DEEPEM_CHECK(tp.dim() == 3 && tp.size(0) == B && tp.size(1) == P && tp.size(2) >= 1, kOp,
-                ": argument 'texture_log_probs' must have shape [", B, ", ", P,
-                ", K] (log p(texture | proposal), K >= 1 textures), got ", tp.sizes());
-    check_floating(tp, kOp, "texture_log_probs");
-    check_same_device(tp, in.proposals, kOp, "texture_log_probs", "proposals");
+    in.texture_log_probs = checked_log_probs(*texture_log_probs, in.proposals, dt, "texture_log_probs",
+                                             "log p(texture | proposal)");
     check_shape(*weak_texture, {B, M}, "one texture id per weak label, -1 where none", kOp,
                 "weak_texture");
     check_integer(*weak_texture, kOp, "weak_texture");
@@ -85,17 +105,9 @@ void check_record_args(EmPosteriorInputs& in, const c10::optional<at::Tensor>& w
     DEEPEM_CHECK(std::isfinite(texture_weight) && texture_weight > 0.0, kOp,
                 ": argument 'texture_weight' must be a finite number > 0, got ", texture_weight);
     in.weak_texture = weak_texture->to(at::kLong).contiguous();
-    in.texture_log_probs = tp.to(dt).contiguous();
     in.texture_weight = texture_weight;
-    if (B > 0 && M > 0) {
-      const at::Tensor out_of_range =
-          at::logical_or(in.weak_texture < -1, in.weak_texture >= tp.size(2))
-              .logical_and_(real_labels(in));
-      DEEPEM_CHECK(!out_of_range.any().item<bool>(), kOp,
-                  ": argument 'weak_texture' must hold texture ids in [0, ", tp.size(2),
-                  ") (the last dimension of 'texture_log_probs') or -1 (none) for every real "
-                  "label");
-    }
+    check_label_ids(in, in.weak_texture, -1, in.texture_log_probs.size(2), "weak_texture",
+                    "texture_log_probs");
   }
 }
 
@@ -145,23 +157,9 @@ EmPosteriorInputs check_em_posterior_args(
   check_counts(in.num_proposals, P, kOp, "num_proposals", "proposal slots P of 'proposals'");
   check_counts(in.num_weak, M, kOp, "num_weak", "label slots M of 'weak_z'");
   if (lobe_log_probs.has_value()) {
-    const at::Tensor& lp = *lobe_log_probs;
-    DEEPEM_CHECK(lp.dim() == 3 && lp.size(0) == B && lp.size(1) == P && lp.size(2) >= 1, kOp,
-                ": argument 'lobe_log_probs' must have shape [", B, ", ", P,
-                ", L] (log p(lobe | proposal), L >= 1 lobes), got ", lp.sizes());
-    check_floating(lp, kOp, "lobe_log_probs");
-    check_same_device(lp, proposals, kOp, "lobe_log_probs", "proposals");
-    in.lobe_log_probs = lp.to(dt).contiguous();
-    if (B > 0 && M > 0) {
-      // Only real labels are checked: padded slots may hold anything.
-      const at::Tensor real = at::arange(M, in.num_weak.options()).unsqueeze(0) <
-                              in.num_weak.unsqueeze(1);
-      const at::Tensor out_of_range =
-          at::logical_or(in.weak_lobe < 0, in.weak_lobe >= lp.size(2)).logical_and_(real);
-      DEEPEM_CHECK(!out_of_range.any().item<bool>(), kOp,
-                  ": argument 'weak_lobe' must hold lobe ids in [0, ", lp.size(2),
-                  ") (the last dimension of 'lobe_log_probs') for every real label");
-    }
+    in.lobe_log_probs = checked_log_probs(*lobe_log_probs, proposals, dt, "lobe_log_probs",
+                                          "log p(lobe | proposal)");
+    check_label_ids(in, in.weak_lobe, 0, in.lobe_log_probs.size(2), "weak_lobe", "lobe_log_probs");
   }
   check_record_args(in, weak_diameter, size_sigma, weak_texture, texture_log_probs,
                     texture_weight);
