@@ -114,3 +114,16 @@ def test_reports_mined_against_the_truth(data, tmp_path):
     assert all(src.split("/")[-1].startswith("other") for src, _, _ in mining.rejected)
     with open(os.path.join(records, "reports.csv"), newline="") as f:
         assert len(list(csv.DictReader(f))) == len(splits["weak"])
+
+
+def test_score_labels_literal_cases():
+    """Right = same series, |z - z_nodule| <= the slice spacing, lobe exact; one to one."""
+    truth = {"a": np.array([[10.0, 2], [30.0, 4]]), "b": np.array([[5.0, 0]])}
+    labels = {"a": np.array([[11.0, 7, 2, np.nan, -1],  # right (1 mm off, spacing 1.25)
+                             [10.5, 7, 2, np.nan, -1],  # the same nodule again: not right twice
+                             [30.0, 9, 3, np.nan, -1],  # wrong lobe
+                             [60.0, 20, 4, np.nan, -1]]),  # no nodule there
+              "c": np.array([[5.0, 1, 0, np.nan, -1]])}  # a series without nodules
+    got = score_labels(labels, truth, {"a": 1.25, "b": 2.5, "c": 2.5})
+    assert got == {"labels": 5, "right": 1, "nodules": 3, "found": 1, "precision": 0.2, "recall": 1 / 3}
+    assert score_labels({"a": np.array([[12.0, 7, 2]])}, truth, {"a": 1.25})["right"] == 0  # 2 mm > 1.25
