@@ -16,9 +16,14 @@ anchors): head outputs are synthesized in the network's layout (random weights p
 under the 0.02 threshold, so logits are drawn to make the candidates): 'iid' logits N(0, 1)
 (candidates spread over the window, nearly all survive NMS, so both stop at 300), 'clustered'
 logits peaked at 40 nodule-like centres (candidates crowd there, as a trained detector's do).
+In both, nearly every anchor scores above the threshold (an untrained or early detector), so the
+per-level top-k runs over millions of scores on both sides. 'sparse' is a trained detector's
+output: the clustered logits' top N anchors keep their logits (at least -3.5, above the
+threshold), every other anchor scores far below it (N(-8, 0.5)), so N candidates exist.
 topk_candidates_per_level is set so that the given number of candidates enters NMS.
-- postprocess: RetinaNetDetector.postprocess_detections, all of it (decode of every anchor's
-  regression, per-level top-k, clipping, NMS);
+- postprocess: RetinaNetDetector.postprocess_detections, all of it: MONAI's decodes every
+  anchor's regression, then per-level top-k, clipping, NMS; deepem's (use_deepem) scores every
+  anchor, decodes the selected ones only, then the same steps;
 - select: the box selector alone (select_boxes_per_image) on the candidates' boxes and logits,
   the part deepem replaces.
 ATSS matcher, for the bundle's training patch 192 x 192 x 80 (315,360 anchors) and the whole
@@ -79,7 +84,7 @@ def anchors_for(det, size, device):
     return anchors, [math.prod(s) for s in shapes]
 
 
-def head_outputs(anchors, workload, rng, device):
+def head_outputs(anchors, workload, rng, device, n_candidates=None):
     n = anchors.shape[0]
     g = torch.Generator().manual_seed(int(rng.integers(1 << 30)))
     reg = (torch.randn(1, n, 6, generator=g) * 0.1).to(device)
@@ -92,7 +97,13 @@ def head_outputs(anchors, workload, rng, device):
         for chunk in range(0, n, 1 << 20):
             d2 = torch.cdist(c[chunk:chunk + (1 << 20)], centres).pow(2).min(1).values
             near[chunk:chunk + (1 << 20)] = d2
-        logits = (6 * torch.exp(-near / (2 * 8.0**2)) - 3 + 0.5 * torch.randn(n, generator=g))[None, :, None]
+        logits = 6 * torch.exp(-near / (2 * 8.0**2)) - 3 + 0.5 * torch.randn(n, generator=g)
+        if workload == "sparse":  # a trained detector: background far below the threshold
+            top = logits.topk(n_candidates).indices
+            peaks = logits[top].clamp(min=-3.5)
+            logits = -8 + 0.5 * torch.randn(n, generator=g)
+            logits[top] = peaks
+        logits = logits[None, :, None]
     return {"classification": logits.to(device), "box_regression": reg}
 
 
@@ -153,17 +164,20 @@ def bench_postprocess(det, sizes, workloads, device, cuda, rng):
     levels = len(locs)
     monai_sel = det.box_selector
     deepem_sel = dm.use_deepem(monai_sel)
+    deepem_det = dm.use_deepem(bundle_detector().to(device))
     rows = []
     for workload in workloads:
-        heads = head_outputs(anchors, workload, rng, device)
         per_level = [loc * det.num_anchors_per_loc for loc in locs]
         for n in sizes:
-            def post(selector):
-                set_topk(det, selector, n, levels)
-                return det.postprocess_detections(heads, [anchors], [list(WINDOW)], locs)[0]
+            split = 1 if workload == "sparse" else levels  # sparse: all N candidates enter NMS
+            if workload == "sparse" or n == sizes[0]:
+                heads = head_outputs(anchors, workload, rng, device, n)
+            def post(detector):
+                set_topk(detector, detector.box_selector, n, split)
+                return detector.postprocess_detections(heads, [anchors], [list(WINDOW)], locs)[0]
 
             # the candidates alone: per level, the top ones by score, decoded
-            set_topk(det, monai_sel, n, levels)
+            set_topk(det, monai_sel, n, split)
             logits_l = list(heads["classification"][0].split(per_level))
             reg_l = list(heads["box_regression"][0].split(per_level))
             anc_l = list(anchors.split(per_level))
@@ -178,15 +192,15 @@ def bench_postprocess(det, sizes, workloads, device, cuda, rng):
             want = monai_sel.select_boxes_per_image(boxes_c, logits_c, WINDOW)
             got = deepem_sel.select_boxes_per_image(boxes_c, logits_c, WINDOW)
             assert same(want, got), "box selector: deepem and MONAI disagree"
-            full_want, full_got = post(monai_sel), post(deepem_sel)
+            full_want, full_got = post(det), post(deepem_det)
             assert all(torch.equal(full_want[k], full_got[k]) for k in full_want), "postprocess disagrees"
             r = {"workload": workload, "candidates": n_in, "detections": int(want[0].shape[0]), "device": device}
             r["select_monai"] = timeit(lambda: monai_sel.select_boxes_per_image(boxes_c, logits_c, WINDOW),
                                        cuda=cuda, min_runs=3, budget=1.0)
             r["select_deepem"] = timeit(lambda: deepem_sel.select_boxes_per_image(boxes_c, logits_c, WINDOW),
                                         cuda=cuda, min_runs=5, budget=1.0)
-            r["postprocess_monai"] = timeit(lambda: post(monai_sel), cuda=cuda, min_runs=3, budget=2.0)
-            r["postprocess_deepem"] = timeit(lambda: post(deepem_sel), cuda=cuda, min_runs=3, budget=2.0)
+            r["postprocess_monai"] = timeit(lambda: post(det), cuda=cuda, min_runs=3, budget=2.0)
+            r["postprocess_deepem"] = timeit(lambda: post(deepem_det), cuda=cuda, min_runs=5, budget=2.0)
             rows.append(r)
             print("done postprocess %s %d %s" % (workload, n, device), file=sys.stderr)
     det.box_selector = monai_sel
@@ -250,7 +264,7 @@ def iou_peaks():
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--candidates", default="1000,10000,50000")
-    parser.add_argument("--workloads", default="iid,clustered")
+    parser.add_argument("--workloads", default="iid,clustered,sparse")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
     parser.add_argument("--json", help="write the results to this file")

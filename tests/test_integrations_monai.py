@@ -345,6 +345,7 @@ def monai_detector_result():
 
 def test_patch_monai_routes_a_fresh_detector_through_deepem(monai_detector_result):
     import monai.apps.detection.utils.box_selector as bs
+    from monai.apps.detection.networks.retinanet_detector import RetinaNetDetector
     from monai.apps.detection.utils.ATSS_matcher import ATSSMatcher
     from monai.apps.detection.utils.box_selector import BoxSelector
 
@@ -356,7 +357,10 @@ def test_patch_monai_routes_a_fresh_detector_through_deepem(monai_detector_resul
         assert ATSSMatcher.__init__.__defaults__[1] is dm.box_iou
         det = small_detector()
         assert det.box_overlap_metric is dm.box_iou and det.proposal_matcher.similarity_fn is dm.box_iou
+        assert RetinaNetDetector.postprocess_detections is dm.postprocess_detections
         got_out, got_losses = run_detector(det)
+    assert RetinaNetDetector.postprocess_detections is dm.MONAI_POSTPROCESS
+    assert dm.CALLS["postprocess_detections"] == 1
     assert dm.CALLS["batched_nms"] >= 1 and dm.CALLS["non_max_suppression"] >= 1
     assert dm.CALLS["box_iou"] >= 1 and dm.CALLS["fallback"] == 0
     assert box_utils.box_iou is MONAI_IOU and bs.batched_nms is MONAI_BATCHED
@@ -388,6 +392,7 @@ def test_use_deepem_converts_an_existing_detector(monai_detector_result):
     assert det.proposal_matcher.similarity_fn is dm.box_iou
     dm.CALLS.clear()
     got_out, got_losses = run_detector(det)
+    assert dm.CALLS["postprocess_detections"] == 1
     assert dm.CALLS["batched_nms"] == 1 and dm.CALLS["box_iou"] >= 1 and dm.CALLS["fallback"] == 0
     for k in want_out:
         assert torch.equal(got_out[k], want_out[k]), k
@@ -414,6 +419,93 @@ def test_box_selector_equals_monai(seed):
     assert want[0].shape[0] == 50
     for w, g, a in zip(want, got, again):
         assert torch.equal(g, w) and torch.equal(a, w)
+
+
+def head_outputs(det, rng, locs, batch, dtype, kind):
+    """Synthetic head outputs for `det` (its keys and anchor count per location): anchors are
+    random boxes, logits 'dense' (most above the threshold), 'sparse', 'none' above it, or
+    'ties' (rounded, so many scores are equal)."""
+    n = sum(locs) * det.num_anchors_per_loc
+    classes = det.num_classes
+    anchors = [torch.tensor(make_boxes(rng, n, "random"), dtype=torch.float32) for _ in range(batch)]
+    reg = torch.tensor(rng.normal(0, 0.3, (batch, n, 6)), dtype=torch.float32)
+    logits = rng.normal(0, 1.5, (batch, n, classes))
+    if kind == "sparse":
+        logits = np.where(rng.random(logits.shape) < 0.02, logits + 2, -8.0)
+    elif kind == "none":
+        logits = logits - 20
+    elif kind == "ties":
+        logits = np.round(logits * 2) / 2
+    heads = {det.cls_key: torch.tensor(logits, dtype=dtype), det.box_reg_key: reg.to(dtype)}
+    return heads, anchors
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_postprocess_detections_equals_monai(seed):
+    """deepem's RetinaNetDetector.postprocess_detections decodes the selected anchors only: the
+    detections equal MONAI's, bit for bit, on dense / sparse / empty / tied scores, float16,
+    one or two classes, one or two images of different sizes."""
+    from monai.apps.detection.networks.retinanet_detector import RetinaNetDetector
+
+    rng = np.random.default_rng(300 + seed)
+    det = small_detector()
+    if seed % 2:
+        det.num_classes = 2  # the selector reads the class from the flattened index
+    det.set_box_selector_parameters(score_thresh=0.05, topk_candidates_per_level=int(rng.integers(5, 400)),
+                                    nms_thresh=0.22, detections_per_img=int(rng.integers(1, 100)))
+    locs = [int(rng.integers(1, 400)), int(rng.integers(1, 120)), int(rng.integers(1, 30))]
+    batch = 1 + seed % 2
+    sizes = [[240, 240, 240], [120, 200, 90]][:batch]
+    for kind in ("dense", "sparse", "none", "ties"):
+        for dtype in (torch.float32, torch.float16):
+            heads, anchors = head_outputs(det, rng, locs, batch, dtype, kind)
+            want = RetinaNetDetector.postprocess_detections(det, heads, anchors, sizes, locs)
+            dm.CALLS.clear()
+            got = dm.postprocess_detections(det, heads, anchors, sizes, locs)
+            assert dm.CALLS["postprocess_detections"] == 1
+            for w, g in zip(want, got):
+                assert w.keys() == g.keys()
+                for k in w:
+                    assert g[k].dtype == w[k].dtype and torch.equal(g[k], w[k]), (kind, dtype, k)
+            if kind == "none":
+                assert all(g[det.target_box_key].shape[0] == 0 for g in got)
+
+
+def test_postprocess_detections_nan_regression():
+    """A NaN size regression raises MONAI's ValueError where the anchor is selected; MONAI also
+    raises for an anchor it does not select, deepem does not (its detections are the same)."""
+    from monai.apps.detection.networks.retinanet_detector import RetinaNetDetector
+
+    det = small_detector()
+    det.set_box_selector_parameters(score_thresh=0.05, topk_candidates_per_level=1000, nms_thresh=0.22,
+                                    detections_per_img=300)
+    rng = np.random.default_rng(5)
+    locs = [50, 20, 5]
+    heads, anchors = head_outputs(det, rng, locs, 1, torch.float32, "sparse")
+    logits = heads[det.cls_key]
+    best, worst = int(logits[0, :, 0].argmax()), int(logits[0, :, 0].argmin())
+    heads[det.box_reg_key][0, worst, 4] = float("nan")
+    with pytest.raises(ValueError):
+        RetinaNetDetector.postprocess_detections(det, heads, anchors, [[240, 240, 240]], locs)
+    dm.postprocess_detections(det, heads, anchors, [[240, 240, 240]], locs)  # not selected: no error
+    heads[det.box_reg_key][0, best, 4] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        dm.postprocess_detections(det, heads, anchors, [[240, 240, 240]], locs)
+
+
+def test_postprocess_detections_leaves_custom_selectors_to_monai():
+    """A BoxSelector subclass may select by the boxes: MONAI's own post-processing runs it."""
+    from monai.apps.detection.utils.box_selector import BoxSelector
+
+    class ByVolume(BoxSelector):
+        pass
+
+    det = small_detector()
+    det.box_selector = ByVolume(score_thresh=0.05)
+    heads, anchors = head_outputs(det, np.random.default_rng(6), [40, 10, 3], 1, torch.float32, "dense")
+    dm.CALLS.clear()
+    out = dm.postprocess_detections(det, heads, anchors, [[240, 240, 240]], [40, 10, 3])
+    assert dm.CALLS["postprocess_detections"] == 0 and out[0][det.target_box_key].shape[0] > 0
 
 
 def test_import_deepem_never_imports_monai():
