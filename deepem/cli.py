@@ -20,6 +20,13 @@ def _positive_int(text):
     return value
 
 
+def _positive_float(text):
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError("must be a positive number, got %s" % text)
+    return value
+
+
 def _phantom(args):
     from .data import phantom
 
@@ -291,14 +298,18 @@ def _detect(args):
             inputs = run.raw_inputs(args.scans)
         detector = Detector(args.checkpoint, device=args.device, tile=args.tile, margin=args.margin,
                             tile_batch=args.tile_batch, amp=args.amp, threshold=args.threshold,
+                            max_memory=args.max_memory * 2**30 if args.max_memory else None,
                             trusted=args.trust_checkpoint)
+        print("deepem detect: %s, amp %s%s, %s tiles" % (
+            detector.device, detector.amp, " (auto)" if args.amp == "auto" else "",
+            "DeepLung's %d-voxel" % args.tile if args.tile else "planned (fewest that fit memory)"), file=sys.stderr)
     except (FileNotFoundError, KeyError, ValueError, RuntimeError) as e:
         print("deepem detect: %s" % (e.args[0] if e.args else e), file=sys.stderr)
         return 2
     settings = {k: getattr(args, k) for k in ("checkpoint", "data", "split", "splits", "uids", "scans", "threshold",
-                                              "device", "tile", "margin", "tile_batch", "amp", "overlays",
+                                              "device", "tile", "margin", "tile_batch", "max_memory", "amp", "overlays",
                                               "overlay_min_prob", "seg_dir")}
-    settings.update(device=str(detector.device), nms_iou=detector.nms_iou, min_diameter_mm=detector.min_diameter,
+    settings.update(device=str(detector.device), amp_chosen=detector.amp, nms_iou=detector.nms_iou, min_diameter_mm=detector.min_diameter,
                     max_marks=detector.max_marks)
     result = run.detect_many(detector, inputs, args.out, _write_marks_csv, overlays=args.overlays,
                              overlay_min_prob=args.overlay_min_prob, seg_dir=args.seg_dir,
@@ -333,12 +344,16 @@ def add_detect(sub):
     p.add_argument("--out", required=True, help="run folder (created)")
     p.add_argument("--threshold", type=float, default=-2.0, help="logit threshold (default -2)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
-    p.add_argument("--tile", type=_positive_int, default=144,
-                   help="tile side in voxels without the margin, a multiple of 16 (default 144; smaller scans "
-                   "use smaller tiles)")
-    p.add_argument("--margin", type=int, default=32, help="context voxels around each tile (default 32)")
+    p.add_argument("--tile", type=_positive_int, default=None,
+                   help="DeepLung's fixed tiles of this side (voxels without the margin, a multiple of 16; "
+                   "DeepLung: 144). Default: the fewest tiles that fit --max-memory, one for most scans")
+    p.add_argument("--margin", type=int, default=None,
+                   help="context voxels around each tile, a multiple of 8 (default 16; DeepLung: 32)")
+    p.add_argument("--max-memory", type=_positive_float, default=None,
+                   help="GiB the tiles may use (default: half the available memory; GPU: 80%% of its free memory)")
     p.add_argument("--tile-batch", type=_positive_int, default=1, help="tiles per forward pass (default 1)")
-    p.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none", help="autocast (default none)")
+    p.add_argument("--amp", choices=["auto", "none", "bf16", "fp16"], default="auto",
+                   help="autocast; auto (default): bf16 where the CPU or GPU computes it natively, else none")
     p.add_argument("--overlays", action="store_true", help="a PNG per mark above --overlay-min-prob")
     p.add_argument("--overlay-min-prob", type=float, default=0.5, help="default 0.5")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -71,7 +71,7 @@ class Settings:
     lobe_lr_factor: float  # lobe model's SGD lr = this x the detector's (paper, with SGD: 10)
     weight_draws: bool  # sampling: scale each drawn pseudo box's loss by its posterior
     select: str  # validation metric: cpm | loss
-    tile: int  # detection tile side
+    tile: int  # detection tile side; 0: the fewest tiles that fit memory (deepem.infer.plan)
     margin: int
     num_neg: int
     nodule_p_none: float = 0.25  # phantom: share of scans without a nodule (LUNA16-like) ...
@@ -84,7 +84,7 @@ class Settings:
 
 QUICK = Settings(n_full=3, n_weak=3, n_val=2, n_test=4, width=0.125, crop=32, batch=4, optimizer="adamw", lr=0.01,
                  lr_milestones=(), lr_factors=(), dropout=0.0, random_fraction=0.1, init_epochs=1, em_epochs=1, steps=3,
-                 weak_steps=1, em_fraction=1.0, lobe_lr_factor=300.0, weight_draws=True, select="loss", tile=128,
+                 weak_steps=1, em_fraction=1.0, lobe_lr_factor=300.0, weight_draws=True, select="loss", tile=0,
                  margin=8, num_neg=100, em_options=REMEDIES, ema_decay=0.5, warmup_steps=2)
 # Every run averages its weights (EMA 0.99) and warms its lr up over 50 steps: without them two
 # baselines that differed only in their training seed ended 0.08 validation CPM apart (32 full
@@ -92,7 +92,7 @@ QUICK = Settings(n_full=3, n_weak=3, n_val=2, n_test=4, width=0.125, crop=32, ba
 DEFAULT = Settings(n_full=32, n_weak=96, n_val=24, n_test=100, width=0.25, crop=32, batch=8, optimizer="adamw",
                    lr=1e-3, lr_milestones=(1 / 3, 2 / 3), lr_factors=(0.3, 0.1), dropout=0.0, random_fraction=0.1,
                    init_epochs=6, em_epochs=3, steps=125, weak_steps=62, em_fraction=1.0, lobe_lr_factor=300.0,
-                   weight_draws=True, select="cpm", tile=128, margin=8, num_neg=200, nodule_p_none=0.0,
+                   weight_draws=True, select="cpm", tile=0, margin=8, num_neg=200, nodule_p_none=0.0,
                    nodule_extra_mean=2.0, em_options=REMEDIES, ema_decay=0.99, warmup_steps=50)
 FULL = Settings(n_full=60, n_weak=240, n_val=40, n_test=100, width=1.0, crop=96, batch=32, optimizer="sgd", lr=1e-3,
                 lr_milestones=(0.5, 0.75), lr_factors=(0.5, 0.1), dropout=0.5, random_fraction=0.3, init_epochs=40,
@@ -256,7 +256,7 @@ def add_gains(table, gains):
 def detect_split(checkpoint_path, data_dir, uids, s: Settings):
     from .infer import Detector
 
-    det = Detector(checkpoint_path, tile=s.tile, margin=s.margin)
+    det = Detector(checkpoint_path, tile=s.tile or None, margin=s.margin)
     marks = {}
     for uid in uids:
         m = det.detect((data_dir, uid))

@@ -66,8 +66,8 @@ def detect_proposals(model, data_dir: str, uids: list, weak_z: dict, config, ctx
     em, det = config.em, config.detect
     cache = getattr(model, "proposal_cache", None)
     training = model.training
-    detector = Detector(model, device=ctx.device, tile=det.tile, margin=det.margin, tile_batch=det.tile_batch,
-                        amp=config.run.amp)
+    detector = Detector(model, device=ctx.device, tile=det.tile or None, margin=det.margin,
+                        tile_batch=det.tile_batch, max_memory=det.max_memory_gb * 2**30 or None, amp=config.run.amp)
     mine, timings = {}, {"read": 0.0, "network": 0.0, "postprocess": 0.0}
     for i in range(ctx.rank, len(uids), ctx.world):
         uid = uids[i]

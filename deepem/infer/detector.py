@@ -22,9 +22,10 @@ from ..data.uids import check_uid
 from ..model.res18 import STRIDE, Res18
 from ..model.safe_load import CheckpointError, load_checkpoint, state_dict_of
 from ..ops.anchors import DEEPLUNG_SIZES
-from . import tiles
+from . import plan, tiles
 from .decode import decode as _decode
 from .decode import postprocess as _postprocess
+from .fast import InferenceRunner, resolve_amp
 from .marks import Marks
 
 SCAN_EXTENSIONS = (".mhd", ".nii.gz", ".nii")
@@ -154,30 +155,51 @@ def _device(device):
 class Detector:
     """Whole-scan detection with a Res18 (a module, a checkpoint dict or its file).
 
-    tile: tile side without the margin (DeepLung 144; per axis it shrinks to the scan, see
-    deepem.infer.tiles), margin: context voxels on each side (32), tile_batch: tiles per forward
-    pass (peak memory follows it: width 1 at 208^3 needs about 3 GB per tile in float32,
-    bf16 about half), amp: 'none' | 'bf16' | 'fp16'. threshold: logit cut; min_diameter: mm;
-    nms_iou: cube IoU; max_marks: per scan (LUNA16: 100). A checkpoint file is loaded
-    weights-only; trusted=True allows a full unpickle (files you trust only: it can run code).
+    Tiles (deepem.infer.plan): by default the fewest tiles whose tile_batch tiles fit
+    max_memory bytes (default: half the available memory, 80% of a GPU's free memory), each
+    with `margin` voxels of context (default plan.DEFAULT_BORDER = 16); a scan that fits is one
+    tile of its own size. tile=N gives DeepLung's fixed tiles instead (side N, shrunk to the
+    scan per axis, see deepem.infer.tiles; DeepLung: tile=144, margin=32). amp: 'none' | 'bf16'
+    | 'fp16' | 'auto' (bf16 where the hardware has it natively, else none; `self.amp` says what
+    was chosen). fast: run the network in its fastest form (deepem.infer.fast: TorchScript on
+    the CPU in fp32, channels_last under autocast); False runs the module as it is.
+    threshold: logit cut; min_diameter: mm; nms_iou: cube IoU; max_marks: per scan (LUNA16:
+    100). A checkpoint file is loaded weights-only; trusted=True allows a full unpickle (files
+    you trust only: it can run code).
     """
 
-    def __init__(self, checkpoint_or_model, device="auto", tile=144, margin=32, tile_batch=1, amp="none",
-                 threshold=-2.0, nms_iou=0.1, min_diameter=3.0, max_marks=100, sizes=None, trusted=False):
+    def __init__(self, checkpoint_or_model, device="auto", tile=None, margin=None, tile_batch=1, amp="none",
+                 threshold=-2.0, nms_iou=0.1, min_diameter=3.0, max_marks=100, sizes=None, trusted=False,
+                 max_memory=None, fast=True):
         self.device = _device(device)
         model, self.sizes = load_model(checkpoint_or_model, sizes, trusted)
         self.model = model.to(self.device).eval()
-        tiles.autocast(self.device, amp)  # validates amp
-        tiles.split_comb((1, 1, 1), tile, margin)  # validates tile and margin
+        self.amp_requested, self.amp = amp, resolve_amp(amp, self.device)
+        margin = plan.DEFAULT_BORDER if margin is None else margin
+        tiles.split_comb((1, 1, 1), 144 if tile is None else tile, margin)  # validates tile and margin
         if int(tile_batch) < 1:
             raise ValueError("tile_batch must be >= 1, got %r" % (tile_batch,))
-        self.tile, self.margin, self.tile_batch, self.amp = tile, int(margin), int(tile_batch), amp
+        if max_memory is not None and not float(max_memory) > 0:
+            raise ValueError("max_memory must be > 0 bytes, got %r" % (max_memory,))
+        self.tile, self.margin, self.tile_batch, self.max_memory = tile, int(margin), int(tile_batch), max_memory
+        self.fast = bool(fast)
         self.threshold, self.nms_iou = float(threshold), float(nms_iou)
         self.min_diameter, self.max_marks = float(min_diameter), max_marks
         self.timings = {}  # seconds of the last detect(): read, network, postprocess, mapping
+        self._runner = None
 
     def split_comb(self, shape):
-        return tiles.split_comb(shape, self.tile, self.margin)
+        """The tiles of a scan of `shape` (a deepem.data.datasets.SplitComb)."""
+        if self.tile is not None:
+            return tiles.split_comb(shape, self.tile, self.margin)
+        return plan.plan_tiles(shape, getattr(self.model, "width", 1.0), self.margin, self.max_memory,
+                               self.tile_batch, self.device)
+
+    def runner(self):
+        """What runs the network (deepem.infer.fast.InferenceRunner), for this model."""
+        if self._runner is None or self._runner.model is not self.model:
+            self._runner = InferenceRunner(self.model, self.device, self.amp, self.fast)
+        return self._runner
 
     @torch.no_grad()  # not inference_mode: callers (the E-step) may edit the output in place
     def network_output(self, image_u8_zyx, on_tile=None):
@@ -188,8 +210,8 @@ class Detector:
             image = image.cpu().numpy()
         if image.dtype != np.uint8:
             raise ValueError("network_output needs the preprocessed uint8 scan, got %s" % image.dtype)
-        return tiles.stitched_output(self.model, image, self.split_comb(image.shape), self.tile_batch,
-                                     self.device, self.amp, on_tile)
+        return tiles.stitched_output(self.runner(), image, self.split_comb(image.shape), self.tile_batch,
+                                     self.device, "none", on_tile)
 
     def decode(self, output, threshold=None):
         """Every anchor with logit > threshold (default: the detector's): float [K, 5]

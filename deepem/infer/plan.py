@@ -28,16 +28,18 @@ from .tiles import _triple_int
 DEFAULT_BORDER = 16
 
 # Peak bytes of inference activations per input voxel of a tile, per unit of width (Res18's
-# channel multiplier), measured with deepem.infer.plan.measure_bytes_per_voxel on torch 2.14
-# (CPU, no_grad): fp32 and bf16 autocast. The budget check uses these with a 25% reserve.
-BYTES_PER_VOXEL = {"none": 260.0, "bf16": 200.0, "fp16": 200.0}
+# channel multiplier), measured with measure_bytes_per_voxel on torch 2.14, CPU, fp32, no_grad:
+# width 1: 289 (96^3 and 128^3 tiles), 0.5: 178, 0.25: 82-185 (the input, coordinate map and
+# output do not shrink with the width). bf16 autocast is counted as fp32 (it keeps fp32
+# copies around); a 25% reserve on top.
+BYTES_PER_VOXEL = 300.0
+_MIN_WIDTH = 0.4
 _RESERVE = 1.25
 
 
-def bytes_per_voxel(width, amp="none"):
-    """Peak inference memory per input voxel of a Res18 of `width` (at least a width-0.25 model's:
-    the input, the coordinate map and the output do not shrink with the width)."""
-    return BYTES_PER_VOXEL.get(amp, BYTES_PER_VOXEL["none"]) * max(float(width), 0.25) * _RESERVE
+def bytes_per_voxel(width):
+    """Peak inference memory per input voxel of a tile of a Res18 of `width`, with the reserve."""
+    return BYTES_PER_VOXEL * max(float(width), _MIN_WIDTH) * _RESERVE
 
 
 def available_memory(device="cpu"):
@@ -91,7 +93,7 @@ def tile_counts(shape, border, max_tile_voxels):
     return best[1], best[2]
 
 
-def plan_tiles(shape, width=1.0, amp="none", border=DEFAULT_BORDER, max_memory=None, tile_batch=1, device="cpu"):
+def plan_tiles(shape, width=1.0, border=DEFAULT_BORDER, max_memory=None, tile_batch=1, device="cpu"):
     """The SplitComb for a scan of `shape` (z, y, x): the fewest tiles of a Res18 of `width`
     whose tile_batch tiles fit max_memory bytes (default: available_memory(device))."""
     from .tiles import split_comb
@@ -99,7 +101,7 @@ def plan_tiles(shape, width=1.0, amp="none", border=DEFAULT_BORDER, max_memory=N
     budget = available_memory(device) if max_memory is None else int(max_memory)
     if budget <= 0:
         raise ValueError("max_memory must be > 0 bytes, got %r" % (max_memory,))
-    max_tile_voxels = budget / (bytes_per_voxel(width, amp) * max(1, int(tile_batch)))
+    max_tile_voxels = budget / (bytes_per_voxel(width) * max(1, int(tile_batch)))
     _, sides = tile_counts(shape, int(border), max_tile_voxels)
     return split_comb(shape, sides, border)
 

@@ -54,6 +54,8 @@ def autocast(device, amp):
 
 def stitched_output(model, image, sc, tile_batch=1, device="cpu", amp="none", on_tile=None):
     """The network's output over the whole scan `image` (uint8 (Z, Y, X), numpy or memmap):
+    `model(x, coord)` is called per tile batch under `amp`'s autocast (a module, or a
+    deepem.infer.fast.InferenceRunner, which applies its own);
     float32 [ceil(Z/4), ceil(Y/4), ceil(X/4), A, 5] on `device`; cell i lies at scan voxel
     1.5 + 4 i per axis. `on_tile(n_done, n_total)` is called after each tile batch.
 

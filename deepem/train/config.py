@@ -76,9 +76,10 @@ class DetectConfig:
     nms_iou: float = 0.1  # cube IoU of DeepLung's post-processing
     min_diameter: float = 3.0  # mm
     max_marks: int = 100  # per scan (LUNA16)
-    tile: int = 144  # tile side without margins (voxels, multiple of 4); DeepLung: 144
-    margin: int = 32  # tile margin on each side (DeepLung: 32)
-    tile_batch: int = 1  # tiles per network call (GPU memory)
+    tile: int = 0  # 0: the fewest tiles that fit max_memory_gb (deepem.infer.plan); N: DeepLung's fixed tiles of side N (144)
+    margin: int = 16  # context voxels around each tile (deepem.infer.plan.DEFAULT_BORDER; DeepLung: 32)
+    tile_batch: int = 1  # tiles per network call
+    max_memory_gb: float = 0.0  # memory budget of the tiles; 0: half the available memory (GPU: 80% of free)
 
 
 @dataclass
@@ -260,7 +261,8 @@ RANGES = {
     "run.threads": (0, None, True, True), "run.log_every": (1, None, True, True),
     "run.val_every": (1, None, True, True),
     "detect.nms_iou": (0, 1, True, True), "detect.min_diameter": (0, None, True, True),
-    "detect.max_marks": (1, None, True, True), "detect.tile": (16, None, True, True),
+    "detect.max_marks": (1, None, True, True), "detect.tile": (0, None, True, True),
+    "detect.max_memory_gb": (0, None, True, True),
     "detect.margin": (0, None, True, True), "detect.tile_batch": (1, None, True, True),
     "em.k": (1, None, True, True), "em.fraction": (0, 1, False, True), "em.nms_iou": (0, 1, True, True),
     "em.mu": (0, None, True, True), "em.sigma": (0, None, False, True), "em.z_window": (0, None, False, True),
@@ -306,7 +308,7 @@ def validate(config: TrainConfig) -> None:
     from ..infer import tiles
 
     try:  # the detector's own rule for tiles and margins
-        tiles.split_comb((1, 1, 1), c.detect.tile, c.detect.margin)
+        tiles.split_comb((1, 1, 1), c.detect.tile or 144, c.detect.margin)
     except ValueError as e:
         raise ConfigError("config keys 'detect.tile' / 'detect.margin': %s" % e) from None
     if c.loss.neg_threshold > c.loss.pos_threshold:
