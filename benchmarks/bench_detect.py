@@ -1,11 +1,15 @@
 """Whole-scan detection benchmark: seconds per scan split into reading, network, post-processing
-(decode + threshold + NMS) and mapping to world mm, with peak memory; and, on the same network
+(decode + threshold + NMS) and mapping to world mm, with peak memory, for two paths side by side:
+'deeplung' (DeepLung's 144-voxel tiles with 32-voxel margins, the module as it is: deepem's path
+before issue 33) and 'planned' (deepem's default: the fewest tiles that fit memory, a 16-voxel
+border, the network traced and optimised for inference on the CPU), with the network's achieved
+GFLOP/s and its share of the CPU's fp32 peak; and, on the same network
 outputs, DeepLung's post-processing (numpy decode of every anchor, threshold, pure-Python greedy
 NMS, written the way its code does it) against deepem's (decode_boxes3d on the anchors above the
 threshold, nms3d).
 
-    python benchmarks/bench_detect.py [--json PATH] [--widths 0.25 1] [--tiles N] [--full]
-                                      [--candidates K] [--threads T] [--device cpu|cuda] [--amp bf16]
+    python benchmarks/bench_detect.py [--json PATH] [--widths 0.25 1] [--paths deeplung planned] [--tiles N]
+                                      [--full] [--candidates K] [--threads T] [--device cpu|cuda] [--amp auto]
 
 Cases: a phantom scan (deepem.data.phantom's 'demo' preset, a 128 x 128 x ~60 voxel window onto
 one lung, preprocessed from its .mhd: the CPU demo's scans) and a LUNA16-size volume (that
@@ -14,9 +18,9 @@ approximate; --real-luna makes a whole-chest phantom instead, minutes more). Ran
 (timing only). Each (case, width) runs in its own process, so peak RSS (getrusage) is that
 case's.
 
-A LUNA16-size scan is 18 equal tiles (3 x 2 x 3 of 112 x 128 x 128 + 2 x 32 margin). Its
-network time is measured on --tiles of them (default 1) and scaled to all (stated in the
-output); the other tiles' outputs are copies of those computed (logits lowered by 1e-4 per
+On the deeplung path a LUNA16-size scan is 18 equal tiles (3 x 2 x 3 of 112 x 128 x 128 + 2 x 32
+margin). Its network time is measured on --tiles of them (default 1) and scaled to all (stated in
+the output; the planned path always runs every tile); the other tiles' outputs are copies of those computed (logits lowered by 1e-4 per
 copy, so no two anchors tie), pasted by the detector's own stitching, so post-processing sees
 a whole-scan output of real network values in the detector's layout. --full runs every tile
 (phantom scans always run whole).
@@ -138,7 +142,39 @@ def prepare(folder, seed=0, real_luna=False):
     return info
 
 
-# ---- one (case, width) in a child process ----
+# ---- one (case, width, path) in a child process ----
+
+# today's path before planning (DeepLung's fixed tiles, the module as it is) and the planned one
+PATHS = {"deeplung": dict(tile=144, margin=32, fast=False), "planned": dict()}
+
+
+def flop_per_voxel(width):
+    """Forward FLOPs per input voxel of a Res18 of `width` (torch's FLOP counter, 32^3 input;
+    multiply-add = 2 FLOPs)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = Res18(width).eval()
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model(torch.zeros(1, 1, 32, 32, 32), torch.zeros(1, 3, 8, 8, 8))
+    return counter.get_total_flops() / 32 ** 3
+
+
+def peak_gflops(threads):
+    """fp32 peak of `threads` cores: 2 FMA units x SIMD lanes x 2 FLOPs x the clock (cpu MHz),
+    AVX-512 16 lanes, AVX2 8; an estimate (turbo and AVX clocks differ)."""
+    mhz, lanes = None, 4
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("cpu MHz") and mhz is None:
+                    mhz = float(line.split(":")[1])
+                if line.startswith("flags"):
+                    flags = line.split()
+                    lanes = 16 if "avx512f" in flags else 8 if "avx2" in flags else 4
+    except OSError:
+        pass
+    return None if mhz is None else threads * 2 * lanes * 2 * mhz / 1e3
 
 class FirstTiles(torch.nn.Module):
     """The network on the first `n` tile batches; later calls return copies of those outputs
@@ -185,9 +221,11 @@ def network_output(det, image, max_tiles):
 def child(args):
     folder, case, width = args.folder, args.case, args.width
     torch.manual_seed(0)
-    det = Detector(Res18(width), device=args.device, tile_batch=1, amp=args.amp, threshold=THRESHOLD)
-    with torch.inference_mode():  # first-call setup (oneDNN / cuDNN) outside the timings
-        det.network_output(np.full((16, 16, 16), 170, np.uint8))
+    path = PATHS[args.path]
+    det = Detector(Res18(width), device=args.device, tile_batch=1, amp=args.amp, threshold=THRESHOLD, **path)
+    t0 = time.perf_counter()  # first-call setup (oneDNN / cuDNN, the TorchScript trace) outside the timings
+    det.network_output(np.full((16, 16, 16), 170, np.uint8))
+    setup_seconds = time.perf_counter() - t0
     rss_base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
     def read():
@@ -197,7 +235,7 @@ def child(args):
 
     t_read = timeit(read, min_runs=3, max_runs=3, budget=0)
     image, meta = read()
-    max_tiles = None if (args.full or case == "phantom") else args.tiles
+    max_tiles = None if (args.full or case == "phantom" or args.path == "planned") else args.tiles
     out, t_net, tiles_run, tiles = network_output(det, image, max_tiles)
     # logits shifted so that `candidates` anchors pass the threshold (see the docstring)
     logits = out[..., 0].reshape(-1)
@@ -227,8 +265,16 @@ def child(args):
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     gpu_peak = torch.cuda.max_memory_allocated() / 2 ** 20 if det.device.type == "cuda" else None
     total = t_read + t_net + t_post + t_map
-    return {"case": case, "width": width, "shape": list(image.shape), "tiles": tiles, "tiles_timed": tiles_run,
-            "tile_shape": list(det.split_comb(image.shape).tile_shape), "output_shape": list(out.shape),
+    tile_shape = list(det.split_comb(image.shape).tile_shape)
+    flop_voxel = flop_per_voxel(width)
+    computed = flop_voxel * tiles * float(np.prod(tile_shape))
+    useful = flop_voxel * float(np.prod(image.shape))
+    return {"case": case, "width": width, "path": args.path, "detector": {k: str(v) for k, v in path.items()},
+            "amp_chosen": det.amp, "setup_s": setup_seconds,
+            "shape": list(image.shape), "tiles": tiles, "tiles_timed": tiles_run,
+            "tile_shape": tile_shape, "output_shape": list(out.shape),
+            "flop_per_voxel": flop_voxel, "gflop_computed": computed / 1e9, "gflop_scan": useful / 1e9,
+            "gflops_achieved": computed / 1e9 / t_net, "gflops_useful": useful / 1e9 / t_net,
             "candidates": int(k), "marks": int(len(ours_np)), "same_marks_as_deeplung_path": bool(same),
             "seconds": {"read": t_read, "network": t_net, "postprocess": t_post, "mapping": t_map, "total": total,
                         "deeplung_postprocess": t_deeplung},
@@ -252,7 +298,11 @@ def main(argv=None):
                     help="LUNA16-size case from the phantom's luna16 preset (512 x 512 pixels), not a resampled "
                     "demo scan (adds minutes)")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"])
+    ap.add_argument("--amp", default="none", choices=["auto", "none", "bf16", "fp16"])
+    ap.add_argument("--paths", nargs="+", default=["deeplung", "planned"], choices=list(PATHS),
+                    help="deeplung: DeepLung's 144-voxel tiles, 32-voxel margins, the module as it is; planned: "
+                    "deepem's default (the fewest tiles that fit memory, 16-voxel border, TorchScript on the CPU)")
+    ap.add_argument("--path", default="planned", help=argparse.SUPPRESS)
     ap.add_argument("--case", help=argparse.SUPPRESS)
     ap.add_argument("--width", type=float, help=argparse.SUPPRESS)
     ap.add_argument("--folder", help=argparse.SUPPRESS)
@@ -272,32 +322,42 @@ def main(argv=None):
           info["load_average_1min"] or 0), file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="bench-detect-") as folder:
         results["inputs"] = prepare(folder, real_luna=args.real_luna)
-        for case in args.cases:
-            for width in args.widths:
-                cmd = [sys.executable, os.path.abspath(__file__), "--case", case, "--width", repr(width),
-                       "--folder", folder, "--tiles", str(args.tiles), "--candidates", str(args.candidates),
-                       "--device", args.device, "--amp", args.amp] + (["--full"] if args.full else []) \
-                    + (["--threads", str(args.threads)] if args.threads else [])
-                t0 = time.perf_counter()
-                done = subprocess.run(cmd, capture_output=True, text=True)
-                if done.returncode:
-                    sys.stderr.write(done.stderr)
-                    raise SystemExit("bench_detect: the %s / width %g run failed" % (case, width))
-                results["runs"].append(json.loads(done.stdout.strip().splitlines()[-1]))
-                print("done %s width %g (%.0f s)" % (case, width, time.perf_counter() - t0), file=sys.stderr)
+        for case, width, path in [(c, w, p) for c in args.cases for w in args.widths for p in args.paths]:
+            cmd = [sys.executable, os.path.abspath(__file__), "--case", case, "--width", repr(width), "--path", path,
+                   "--folder", folder, "--tiles", str(args.tiles), "--candidates", str(args.candidates),
+                   "--device", args.device, "--amp", args.amp] + (["--full"] if args.full else []) \
+                + (["--threads", str(args.threads)] if args.threads else [])
+            t0 = time.perf_counter()
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            if done.returncode:
+                sys.stderr.write(done.stderr)
+                raise SystemExit("bench_detect: the %s / width %g / %s run failed" % (case, width, path))
+            results["runs"].append(json.loads(done.stdout.strip().splitlines()[-1]))
+            print("done %s width %g %s (%.0f s)" % (case, width, path, time.perf_counter() - t0), file=sys.stderr)
+    peak = peak_gflops(threads) if args.device == "cpu" else None
+    results["peak_gflops_estimate"] = peak
+    base = {(r["case"], r["width"]): r["seconds"]["network"] for r in results["runs"] if r["path"] == "deeplung"}
     rows = []
     for r in results["runs"]:
         s = r["seconds"]
         tiles = "%d" % r["tiles"]
         if r["tiles_timed"] < r["tiles"]:
             tiles += " (%d timed)" % r["tiles_timed"]
-        rows.append([r["case"], "x".join(map(str, r["shape"])), "%g" % r["width"], tiles, "%.2f" % s["total"],
-                     "%.3f" % s["read"], "%.2f" % s["network"], "%.1f" % (s["postprocess"] * 1e3),
-                     "%.2f" % (s["mapping"] * 1e3), "%.2f" % s["deeplung_postprocess"],
-                     "%.0fx" % r["postprocess_speedup"], "%.2f%%" % (100 * r["postprocess_share"]),
+        old = base.get((r["case"], r["width"]))
+        rows.append([r["case"], "x".join(map(str, r["shape"])), "%g" % r["width"], r["path"], r["amp_chosen"], tiles,
+                     "x".join(map(str, r["tile_shape"])), "%.2f" % s["total"], "%.2f" % s["network"],
+                     "%.1fx" % (old / s["network"]) if old else "-", "%.0f" % r["gflops_achieved"],
+                     "%.0f" % r["gflops_useful"], "%.0f%%" % (100 * r["gflops_achieved"] / peak) if peak else "-",
+                     "%.1f" % (s["postprocess"] * 1e3), "%.2f" % s["deeplung_postprocess"],
                      "%.0f" % r["peak_rss_mb"], "yes" if r["same_marks_as_deeplung_path"] else "NO"])
-    print_table(["case", "voxels", "width", "tiles", "s/scan", "read s", "network s", "post ms", "map ms",
-                 "DeepLung post s", "post speedup", "post share", "peak RSS MB", "same marks"], rows, left=(0,))
+    print_table(["case", "voxels", "width", "path", "amp", "tiles", "tile", "s/scan", "network s", "x network",
+                 "GFLOP/s", "scan GFLOP/s", "of peak", "post ms", "DeepLung post s", "peak RSS MB",
+                 "same marks"], rows, left=(0, 3, 4))
+    print("x network: the deeplung path's network time / this path's (same case and width, same run). GFLOP/s: "
+          "the FLOPs computed (every tile voxel, %s FLOP per voxel at width 1) per second; scan GFLOP/s: those "
+          "of the scan's own voxels only; of peak: GFLOP/s against an fp32 peak estimate of %s GFLOP/s for %d "
+          "cores (2 FMA x SIMD lanes x 2 x the clock)" % (
+              "%.0fk" % (flop_per_voxel(1.0) / 1e3), "%.0f" % peak if peak else "?", threads))
     inp = results["inputs"]
     print("phantom: %s source voxels, spacing %s mm -> %s preprocessed (raw preprocessing %.1f s, not in s/scan); "
           "LUNA16-size: %s (%s); %d candidates above the threshold per scan"
