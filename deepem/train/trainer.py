@@ -253,7 +253,8 @@ class Trainer:
 
         d = self.config.detect
         det = Detector(self.eval_model, device=self.device, tile=d.tile or None, margin=d.margin,
-                       tile_batch=d.tile_batch, max_memory=d.max_memory_gb * 2**30 or None, amp=self.config.run.amp, threshold=d.threshold, nms_iou=d.nms_iou,
+                       tile_batch=d.tile_batch, max_memory=d.max_memory_gb * 2**30 or None,
+                       amp=self.config.run.amp, threshold=d.threshold, nms_iou=d.nms_iou,
                        min_diameter=d.min_diameter, max_marks=d.max_marks)
         marks, annotations = {}, {}
         for i in range(self.ctx.rank, len(uids), self.ctx.world):
