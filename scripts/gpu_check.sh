@@ -33,16 +33,19 @@ step build 300 env FORCE_CUDA=1 MAX_JOBS=${MAX_JOBS:-$(nproc)} "$py" setup.py -q
   || { tail -30 "$out/build.txt"; echo "gpu_check status: 1 (build failed)" | tee "$out/status.txt"; exit 1; }
 "$py" -c "import deepem, json, torch; i = deepem.build_info(); i['torch'] = torch.__version__; print(json.dumps(i))" \
   | tee "$out/build_info.json"
-kernel_tests="tests/test_box_iou3d.py tests/test_nms3d.py tests/test_anchors.py tests/test_roi3d.py tests/test_estep.py tests/test_box_formats.py"
+kernel_tests="tests/test_box_iou3d.py tests/test_nms3d.py tests/test_anchors.py tests/test_roi3d.py tests/test_estep.py tests/test_box_formats.py tests/test_estep_record.py tests/test_integrations_monai.py"
 step tests 240 "$py" -m pytest -q -rs -m cuda -p no:cacheprovider $kernel_tests ${PYTEST_ARGS:-}
 tail -3 "$out/tests.txt"
-benches=${BENCHES:-nms3d anchors roi3d estep}  # a subset when rerunning
+benches=${BENCHES:-nms3d anchors roi3d estep detect monai}  # a subset when rerunning
 for b in $benches; do
   case $b in
     nms3d) step bench_nms3d 120 "$py" benchmarks/bench_nms3d.py --sizes 1000,10000,100000 --loop-max 2000 --json "$out/bench_nms3d.json" ;;
     anchors) step bench_anchors 60 "$py" benchmarks/bench_anchors.py --json "$out/bench_anchors.json" ;;
     roi3d) step bench_roi3d 90 "$py" benchmarks/bench_roi3d.py --json "$out/bench_roi3d.json" ;;
     estep) step bench_estep 60 "$py" benchmarks/bench_estep.py --baseline-scans 20 --json "$out/bench_estep.json" ;;
+    # whole-scan detection, DeepLung's tiles vs the planned path, bf16 where the GPU has it
+    detect) step bench_detect 180 "$py" benchmarks/bench_detect.py --device cuda --amp auto --json "$out/bench_detect.json" ;;
+    monai) step bench_monai 120 "$py" benchmarks/bench_monai.py --device cuda --json "$out/bench_monai.json" ;;
   esac
 done
 sanitizer=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
