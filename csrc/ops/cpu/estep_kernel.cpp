@@ -37,7 +37,6 @@ void posterior_scans(const EmPosteriorInputs& in, const EmParams<T>& prm, T* out
     std::vector<T> log_sig;         // per proposal of the scan: shared by its labels
     std::vector<T> log_d;           // log diameter per proposal (only with a size term)
     std::vector<T> texture;         // w_t * log p(texture | proposal), one contiguous column per texture
-    std::vector<T> record;          // the current label's record term per proposal
     std::vector<int64_t> admitted;  // positions with a finite weight in the current label
     for (int64_t b = begin; b < end; ++b) {
       const int64_t n = counts[b];
@@ -78,22 +77,21 @@ void posterior_scans(const EmPosteriorInputs& in, const EmParams<T>& prm, T* out
             max_w = w > max_w ? w : max_w;
           }
         } else {
-          // The record term of every proposal first, in loops the compiler vectorises (the
-          // values of em_record_term: size + w_t * log p(texture)).
-          record.assign(n, T(0));
-          if (rec.log_d == rec.log_d) {
-            for (int64_t p = 0; p < n; ++p) {
-              const T t = log_d[p] - rec.log_d;
-              record[p] = -(t * t) * prm.inv_two_var_size;
-            }
-          }
-          if (rec.texture) {
-            const T* col = texture.data() + (rec.texture - (records.texture_log_probs + b * P * records.K)) * n;
-            for (int64_t p = 0; p < n; ++p) record[p] = record[p] + col[p];
-          }
+          // The record term (em_record_term's value: size + w_t * log p(texture)) in the same
+          // pass as the weight: separate passes per term cost more than the terms.
+          const bool size_on = rec.log_d == rec.log_d;
+          const T* col = rec.texture
+              ? texture.data() + (rec.texture - (records.texture_log_probs + b * P * records.K)) * n
+              : nullptr;
           for (int64_t p = 0; p < n; ++p) {
+            T r = T(0);
+            if (size_on) {
+              const T t = log_d[p] - rec.log_d;
+              r = -(t * t) * prm.inv_two_var_size;
+            }
+            if (col) r = r + col[p];
             const T w = em_log_weight(log_sig[p], pb[5 * p + 1], z_m,
-                                      lobe_col ? lobe_col[p * L] : T(0), prm, record[p], true);
+                                      lobe_col ? lobe_col[p * L] : T(0), prm, r, true);
             row[p] = w;
             admitted[count] = p;
             count += w > T(-INFINITY);
