@@ -3,7 +3,7 @@
 - CPU, fp32: the model traced, frozen and optimised for inference by TorchScript: BatchNorm
   folded into the convolutions, convolution + ReLU fused, oneDNN's blocked layouts kept between
   layers. On the 2-core AVX2 VM: 2.4x at width 0.25 (a demo scan's tile), 1.5x at width 1,
-  outputs within 1e-6 of the module's (docs/detection.md, tests/test_infer_fast.py). The trace
+  outputs within 2e-5 of the module's (docs/detection.md, tests/test_infer_plan.py). The trace
   is made at the first call and again whenever a parameter or buffer has changed since (the
   E-step detects with a model that trains between its calls).
 - bf16 / fp16 autocast, and CUDA: the module itself on a channels_last_3d input (the format
