@@ -146,9 +146,12 @@ def _run_training(args, command, run):
     from .train import config as cfg
     from .train import trainer
 
+    from .train import distributed
+
     try:
         config = _load_run_config(args)
         t = run(config)
+        distributed.finish(t.ctx)
     except (cfg.ConfigError, FileNotFoundError, KeyError, trainer.NonFiniteLoss, CheckpointError, UnsafeUid) as e:
         print("deepem %s: %s" % (command, e.args[0] if e.args else e), file=sys.stderr)
         return None, None

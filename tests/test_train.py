@@ -135,7 +135,10 @@ def test_two_process_gloo_run(data, tmp_path):
             "-m", "deepem", "train", "--data", data, "--out", str(out)]
     for item in TINY + ["optim.epochs=2", "run.threads=1"]:
         args += ["--set", item]
-    r = subprocess.run(args, capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=600)
+    # should a rank abort again: its Python stack (faulthandler) and the C++ one reach its log
+    env = dict(os.environ, PYTHONFAULTHANDLER="1", TORCH_SHOW_CPP_STACKTRACES="1")
+    r = subprocess.run(args, capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=600,
+                       env=env)
     assert r.returncode == 0, "%s\nranks' own output:\n%s" % (r.stderr[-2000:], rank_logs(logs))
     assert r.stdout.count("trained 2 epochs") == 1  # rank 0 alone reports and writes
     lines = [json.loads(l) for l in open(out / "metrics.jsonl")]

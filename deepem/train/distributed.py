@@ -77,6 +77,11 @@ def barrier(ctx: Context) -> None:
         dist.barrier()
 
 
-def cleanup(ctx: Context) -> None:
+def finish(ctx: Context) -> None:
+    """Ends a finished run: every rank waits for the others (rank 0 writes the last checkpoint
+    and plot alone), then the process group is destroyed. A rank that exits with its gloo group
+    still alive tears it down in interpreter shutdown while its I/O thread may still be running
+    or its peer already gone; under load that aborted a rank (SIGABRT, issue 33's flaky test)."""
     if ctx.distributed and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
