@@ -109,6 +109,11 @@ VARIANTS = {
                              em={**REMEDIES, "mix": False}),
     "map_cal_init_nolobe": Variant("em", "MAP, calibrated without the lobe term, frozen initial teacher",
                                    em={"calibrate": "val", "teacher": "init", "use_lobe": False}),
+    # issue 31: the record terms on top of the demo's E-step (docs/deepem-study.md, section 11 chose size on validation)
+    "map_all_size": Variant("em", "MAP + the same remedies + the record's size term (sigma calibrated)",
+                            em={**REMEDIES, "size_term": True}),
+    "map_all_records": Variant("em", "MAP + the same remedies + size term + texture term (weight 0.1)",
+                               em={**REMEDIES, "size_term": True, "texture_term": True, "texture_weight": 0.1}),
     "em_negatives_mix_band15": Variant("em", "weak scans as negatives only, mixed batches, band 15",
                                        negatives_only=True, em={"mix": True, "exclude_band": 15.0}),
 }
