@@ -2,14 +2,16 @@
 demo data set, DeepLung's fixed tiles (and the demo's own earlier setting) against the planned
 one-tile path at several borders. Chooses on the validation split, reports the test split.
 
-    python scripts/detect_paths.py RUN_DIR [--borders 0 8 16 24 32] [--reference 64] [--json OUT]
+    python scripts/detect_paths.py RUN_DIR [--borders 0 8 16 24 32] [--reference 64] [--amp bf16] [--json OUT]
 
 RUN_DIR: a demo run folder (its preprocessed/, raw/ and a trained init/best.pt), e.g. the
 demo's default setting's data and initial detector. For each split (val, test) and each path:
 seconds per scan (network), the output's change against the reference border (the largest
 |delta logit| on the cells the reference calls positive, logit > -2, and the share of all cells
 that move by more than 0.5), the LUNA16 CPM, and the marks' agreement with DeepLung's path
-(the share of marks with probability > 0.5 that the other path has within a voxel).
+(the share of marks with probability > 0.5 that the other path has within a voxel). With --amp,
+each planned border also runs under that autocast, compared with the same border in fp32 (the
+numbers, not the speed, where the CPU emulates bf16).
 """
 import argparse
 import json
@@ -78,6 +80,7 @@ def main():
     ap.add_argument("--reference", type=int, default=64, help="border of the reference output (default 64)")
     ap.add_argument("--splits", nargs="+", default=["val", "test"])
     ap.add_argument("--max-scans", type=int, default=0, help="at most this many scans per split (0: all)")
+    ap.add_argument("--amp", choices=["bf16", "fp16"], help="also run each planned border under this autocast")
     ap.add_argument("--json")
     args = ap.parse_args()
     pre, raw = os.path.join(args.run, "preprocessed"), os.path.join(args.run, "raw")
@@ -90,11 +93,13 @@ def main():
              "demo before (tile 128, margin 8, module)": dict(tile=128, margin=8, fast=False)}
     for b in args.borders:
         paths["planned, border %d, fast" % b] = dict(margin=b)
+        if args.amp:
+            paths["planned, border %d, %s" % (b, args.amp)] = dict(margin=b, amp=args.amp)
     results = {"machine": describe(), "checkpoint": ckpt, "reference_border": args.reference, "splits": {}}
     for split in args.splits:
         uids = splits[split][: args.max_scans or None]
         ref_out, _, _ = run_path(Detector(ckpt, margin=args.reference), pre, uids)
-        rows, base_marks = {}, None
+        rows, base_marks, fp32 = {}, None, {}
         for name, kw in paths.items():
             det = Detector(ckpt, **kw)
             outputs, marks, sec = run_path(det, pre, uids)
@@ -103,8 +108,19 @@ def main():
             base_marks = base_marks or marks
             rows[name] = {"seconds_per_scan": sec, "max_delta_logit_positive": worst, "cells_moved_gt_0.5": moved,
                           "cpm": float(r.cpm), "marks_agree_with_deeplung": marks_agree(marks, base_marks)}
-            print("%-5s %-42s %6.2f s/scan  max|d| pos %.3f  moved %.4f  CPM %.4f  same marks %.2f"
-                  % (split, name, sec, worst, moved, r.cpm, rows[name]["marks_agree_with_deeplung"]), flush=True)
+            line = "%-5s %-42s %6.2f s/scan  max|d| pos %.3f  moved %.4f  CPM %.4f  same marks %.2f" % (
+                split, name, sec, worst, moved, r.cpm, rows[name]["marks_agree_with_deeplung"])
+            if "amp" in kw:  # against the same border in fp32
+                ref_outputs, ref_marks = fp32[kw["margin"]]
+                worst, moved = output_change(outputs, ref_outputs)
+                rows[name].update(vs_fp32={"max_delta_logit_positive": worst, "cells_moved_gt_0.5": moved,
+                                           "cpm_fp32": rows["planned, border %d, fast" % kw["margin"]]["cpm"],
+                                           "marks_agree": marks_agree(marks, ref_marks)})
+                line += "  vs fp32: max|d| pos %.3f  moved %.4f  same marks %.3f" % (
+                    worst, moved, rows[name]["vs_fp32"]["marks_agree"])
+            elif args.amp and "margin" in kw and "tile" not in kw:
+                fp32[kw["margin"]] = (outputs, marks)
+            print(line, flush=True)
         results["splits"][split] = {"scans": len(uids), "paths": rows}
     if args.json:
         with open(args.json, "w") as f:
