@@ -4,7 +4,13 @@ on the same network and crops: a DeepLung-style step (numpy anchor labelling per
 LabelMapping of benchmarks/bench_anchors.py, and their loss: sigmoid + BCE over positives and
 the top-k hard negatives, smooth L1 over positives).
 
-    python benchmarks/bench_train.py [--repeats 3] [--no-full] [--json PATH]
+Then the network's step alone (forward, backward, SGD on fixed crops) in the forms a run can
+choose, old and new side by side at the demo's (0.25 x 32^3 x 8) and the cpu preset's
+(0.25 x 48^3 x 8) settings: eager NCDHW fp32 (today's default), channels_last_3d
+(run.channels_last), bf16 autocast where the device has it natively (run.amp=bf16; skipped
+where bf16 would be emulated), and with --compile torch.compile (its compile time printed).
+
+    python benchmarks/bench_train.py [--repeats 3] [--no-full] [--device cpu|cuda] [--compile] [--json PATH]
 """
 import argparse
 import os
@@ -104,16 +110,89 @@ def time_case(name, width, crop, batch, folder, uids, repeats):
     return {"case": name, "width": width, "crop": crop, "batch": batch, **out}
 
 
+NETWORK_CASES = [("demo", 0.25, 32, 8), ("cpu preset", 0.25, 48, 8)]
+
+
+def network_forms(device, compile_too):
+    """(name, channels_last, amp, compiled) of the forms to time; bf16 only where native."""
+    from deepem.infer.fast import resolve_amp
+
+    forms = [("eager fp32 (old)", False, "none", False), ("channels_last_3d", True, "none", False)]
+    if resolve_amp("auto", device) == "bf16":
+        forms.append(("channels_last_3d + bf16 autocast", True, "bf16", False))
+    if compile_too:
+        forms.append(("channels_last_3d + torch.compile", True, "none", True))
+    return forms
+
+
+def time_network(width, crop, batch, device, channels_last, amp, compiled, repeats):
+    """Median seconds of one network step (forward, a loss on the head, backward, SGD) and the
+    seconds the first call took (compilation, oneDNN primitive creation)."""
+    torch.manual_seed(0)
+    net = Res18(width, dropout=0.0).to(device)
+    image = torch.randn(batch, 1, crop, crop, crop, device=device)
+    coord = torch.randn(batch, 3, crop // 4, crop // 4, crop // 4, device=device)
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last_3d)
+        image = image.contiguous(memory_format=torch.channels_last_3d)
+    run = torch.compile(net) if compiled else net
+    opt = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9)
+    cuda = torch.device(device).type == "cuda"
+
+    def step():
+        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=amp == "bf16"):
+            out = run(image, coord)
+        loss = out.float().square().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if cuda:
+            torch.cuda.synchronize()
+
+    t0 = time.perf_counter()
+    step()
+    first = time.perf_counter() - t0
+    times = []
+    for _ in range(repeats + 1):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times[1:])), first
+
+
+def network_table(device, repeats, compile_too):
+    results = []
+    for name, width, crop, batch in NETWORK_CASES:
+        old = None
+        for form, cl, amp, compiled in network_forms(device, compile_too):
+            sec, first = time_network(width, crop, batch, device, cl, amp, compiled, repeats)
+            old = old or sec
+            results.append({"case": name, "width": width, "crop": crop, "batch": batch, "form": form,
+                            "step_s": sec, "first_call_s": first, "crops_per_s": batch / sec,
+                            "speedup_vs_old": old / sec})
+    rows = [[r["case"], "%g x %d^3 x %d" % (r["width"], r["crop"], r["batch"]), r["form"], fmt_ms(r["step_s"]),
+             "%.1f" % r["crops_per_s"], "%.2fx" % r["speedup_vs_old"], "%.1f" % r["first_call_s"]] for r in results]
+    print("Network step (forward, backward, SGD; median of %d), %s, %d threads" % (
+        repeats, device, torch.get_num_threads()))
+    print_table(["case", "width x crop x batch", "form", "step ms", "crops/s", "vs old", "first call s"], rows,
+                left=(0, 1, 2))
+    return results
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--no-full", action="store_true", help="skip full width at 96^3 (slow on CPU)")
+    p.add_argument("--device", default="cpu", help="cpu | cuda: where the network forms are timed (default cpu)")
+    p.add_argument("--compile", action="store_true", help="also time torch.compile (minutes of compilation)")
     p.add_argument("--json", help="write the results here")
     args = p.parse_args()
     torch.set_flush_denormal(True)
     cases = [("cpu preset", 0.25, 48, 8)]
     if not args.no_full:
         cases.append(("full width", 1.0, 96, 2))
+    network = network_table(args.device, args.repeats, args.compile)
+    print()
     with tempfile.TemporaryDirectory() as folder:
         uids = synthetic_scans(folder)
         results = [time_case(*c, folder, uids, args.repeats) for c in cases]
@@ -128,7 +207,8 @@ def main():
     print_table(["case", "width x crop x batch", "step", "data ms", "label+loss ms", "network ms", "total ms",
                  "outside network", "crops/s"], rows, left=(0, 1, 2))
     if args.json:
-        write_json(args.json, {"benchmark": "train", "machine": machine(), "results": results})
+        write_json(args.json, {"benchmark": "train", "machine": machine(), "results": results,
+                               "network": network})
 
 
 if __name__ == "__main__":

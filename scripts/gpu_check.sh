@@ -36,7 +36,7 @@ step build 300 env FORCE_CUDA=1 MAX_JOBS=${MAX_JOBS:-$(nproc)} "$py" setup.py -q
 kernel_tests="tests/test_box_iou3d.py tests/test_nms3d.py tests/test_anchors.py tests/test_roi3d.py tests/test_estep.py tests/test_box_formats.py tests/test_estep_record.py tests/test_integrations_monai.py"
 step tests 240 "$py" -m pytest -q -rs -m cuda -p no:cacheprovider $kernel_tests ${PYTEST_ARGS:-}
 tail -3 "$out/tests.txt"
-benches=${BENCHES:-nms3d anchors roi3d estep detect monai}  # a subset when rerunning
+benches=${BENCHES:-nms3d anchors roi3d estep detect train monai}  # a subset when rerunning
 for b in $benches; do
   case $b in
     nms3d) step bench_nms3d 120 "$py" benchmarks/bench_nms3d.py --sizes 1000,10000,100000 --loop-max 2000 --json "$out/bench_nms3d.json" ;;
@@ -45,6 +45,8 @@ for b in $benches; do
     estep) step bench_estep 60 "$py" benchmarks/bench_estep.py --baseline-scans 20 --json "$out/bench_estep.json" ;;
     # whole-scan detection, DeepLung's tiles vs the planned path, bf16 where the GPU has it
     detect) step bench_detect 180 "$py" benchmarks/bench_detect.py --device cuda --amp auto --json "$out/bench_detect.json" ;;
+    # a training step of the network: eager fp32 vs channels_last_3d vs bf16 autocast
+    train) step bench_train 120 "$py" benchmarks/bench_train.py --device cuda --no-full --repeats 5 --json "$out/bench_train.json" ;;
     monai) step bench_monai 120 "$py" benchmarks/bench_monai.py --device cuda --json "$out/bench_monai.json" ;;
   esac
 done
