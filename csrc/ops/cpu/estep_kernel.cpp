@@ -22,8 +22,8 @@ int64_t grain_for(int64_t work_per_item) {
 }
 
 template <typename T>
-void posterior_scans(const EmPosteriorInputs& in, const EmParams<T>& prm, const T* log_diameters,
-                     T* out, bool* has, int64_t M, int64_t P) {
+void posterior_scans(const EmPosteriorInputs& in, const EmParams<T>& prm, T* out, bool* has,
+                     int64_t M, int64_t P) {
   const int64_t B = in.proposals.size(0);
   const T* props = in.proposals.data_ptr<T>();
   const int64_t* counts = in.num_proposals.data_ptr<int64_t>();
@@ -35,6 +35,7 @@ void posterior_scans(const EmPosteriorInputs& in, const EmParams<T>& prm, const 
   const EmRecordPointers<T> records(in);
   at::parallel_for(0, B, grain_for(M * P), [&](int64_t begin, int64_t end) {
     std::vector<T> log_sig;         // per proposal of the scan: shared by its labels
+    std::vector<T> log_d;           // log diameter per proposal (only with a size term)
     std::vector<T> texture;         // w_t * log p(texture | proposal), one contiguous column per texture
     std::vector<int64_t> admitted;  // positions with a finite weight in the current label
     for (int64_t b = begin; b < end; ++b) {
@@ -43,7 +44,10 @@ void posterior_scans(const EmPosteriorInputs& in, const EmParams<T>& prm, const 
       log_sig.resize(n);
       admitted.resize(n);
       for (int64_t p = 0; p < n; ++p) log_sig[p] = em_log_sigmoid(pb[5 * p]);
-      const T* log_d = log_diameters ? log_diameters + b * P : nullptr;
+      if (records.log_diameter) {
+        log_d.resize(n);
+        for (int64_t p = 0; p < n; ++p) log_d[p] = em_log(pb[5 * p + 4]);
+      }
       if (records.texture) {  // strided [P, K] -> contiguous columns, scaled once per scan
         const int64_t K = records.K;
         const T* tb = records.texture_log_probs + b * P * K;
@@ -115,14 +119,8 @@ std::tuple<at::Tensor, at::Tensor> em_posterior_cpu_kernel(const EmPosteriorInpu
   const int64_t B = in.proposals.size(0), P = in.proposals.size(1), M = in.weak_z.size(1);
   at::Tensor out = at::empty({B, M, P}, in.proposals.options());
   at::Tensor has = at::empty({B, M}, in.proposals.options().dtype(at::kBool));
-  // With a size term: every proposal's log diameter [B, P] in one contiguous copy and one
-  // vectorised ATen log (a scalar std::log per proposal in the scan loop cost half the term's
-  // time); within an ulp of em_log's, as the CUDA kernel's log is.
-  const at::Tensor log_d =
-      in.weak_log_diameter.defined() ? in.proposals.select(2, 4).contiguous().log_() : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "em_posterior_cpu", [&] {
     posterior_scans<scalar_t>(in, in.params<scalar_t>(mu, sigma, z_window),
-                              log_d.defined() ? log_d.data_ptr<scalar_t>() : nullptr,
                               out.data_ptr<scalar_t>(), has.data_ptr<bool>(), M, P);
   });
   return {out, has};
