@@ -119,8 +119,8 @@ def test_summary_tables_and_figure_from_points(tmp_path):
         (folder / "point.json").write_text(json.dumps({"n_full": n_full, "seed": seed, "init_val_cpm": 0.3,
                                                        "seconds_total": 600.0, "rows": rows,
                                                        "machine": machine}))
-    point(16, 0, {"baseline_rerun": 0.01, "map": 0.05})
-    point(16, 1, {"baseline_rerun": -0.03, "map": 0.07})
+    point(16, 0, {"baseline_rerun": 0.01, "map": 0.05, "em_truth": 0.02})
+    point(16, 1, {"baseline_rerun": -0.03, "map": 0.07, "em_truth": 0.03})
     point(32, 0, {"baseline_rerun": 0.02, "map": 0.01}, threads=2)
     summary = study.summarize(str(tmp_path))
     row = summary["table"][16]["rows"]["map"]
@@ -129,6 +129,10 @@ def test_summary_tables_and_figure_from_points(tmp_path):
     assert row["pick_precision_first"] == [0.4, 0.4] and row["pick_precision_last"] == [0.6, 0.6]
     text = (tmp_path / "study.md").read_text()
     assert "+0.060 +- 0.014" in text and "| 0.40 -> 0.60 / 0.40 -> 0.60 |" in text
+    # 'missed picked right' for rows that pick per label; em_truth's picks are numbered by nodule
+    lines = {line.split(" | ")[0][2:]: line for line in text.split("## 32")[0].splitlines() if line.startswith("| ")}
+    assert lines[study.VARIANTS["map"].label].endswith("| 0.10 / 0.10 |")
+    assert lines[study.VARIANTS["em_truth"].label].endswith("| 0.40 -> 0.60 / 0.40 -> 0.60 |  |")
     # the machines the points ran on, each once, not the machine that summarized them
     assert "Points run on: Test CPU, 2 cores, torch 2.x (1 threads); Test CPU, 2 cores, torch 2.x (2 threads)." in text
     assert (tmp_path / "study.png").stat().st_size > 10000
