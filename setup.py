@@ -78,7 +78,9 @@ def extensions():
     with_cuda = want_cuda()
     # No fused multiply-add contraction on either side: CPU and CUDA kernels share their
     # arithmetic (csrc/common) and must round every step alike to give identical results.
-    cxx = ["-O3", "-g0", "-fopenmp", "-ffp-contract=off"]
+    # -fno-trapping-math changes no result (FP exceptions are never trapped here); it lets GCC
+    # vectorise loops with float compares and selects (the E-step's weights, 1.2x).
+    cxx = ["-O3", "-g0", "-fopenmp", "-ffp-contract=off", "-fno-trapping-math"]
     macros = []
     kwargs = {}
     srcs = sources["cpu"] + sources["python"]

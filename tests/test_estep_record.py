@@ -129,6 +129,31 @@ def test_a_proposal_without_a_diameter_is_no_candidate_for_a_sized_label():
     assert torch.isfinite(lp[0, 1]).all()  # the unsized label: all three, as the paper
 
 
+def test_size_term_over_the_whole_float_range():
+    # The CPU kernel takes float32 logs of the proposals' diameters with its own vectorised
+    # log; every kind of float goes through it: normal values of all magnitudes, subnormals,
+    # 0, negative, inf, NaN (the spread is wide so that extreme sizes keep finite weights).
+    g = torch.Generator().manual_seed(5)
+    normal = torch.exp(torch.empty(400, dtype=torch.float64).uniform_(-87.0, 88.0, generator=g))
+    near_one = 1.0 + torch.empty(200, dtype=torch.float64).uniform_(-0.3, 0.45, generator=g)
+    edge = torch.tensor([1e-45, 1e-40, 1.17549435e-38, 1.0, 2.0 ** 0.5, 0.70710677, 3.4028235e38,
+                         0.0, -0.0, -3.0, float("inf"), float("-inf"), float("nan")], dtype=torch.float64)
+    d = torch.cat([normal, near_one, edge]).float()
+    P = d.numel()
+    props = torch.zeros(1, P, 5)
+    props[0, :, 1] = 10.0
+    props[0, :, 4] = d
+    batch = dict(proposals=props, num_proposals=torch.tensor([P]), weak_z=torch.tensor([[10.0]]),
+                 weak_lobe=torch.zeros(1, 1, dtype=torch.long), num_weak=torch.tensor([1]), lobe_log_probs=None,
+                 weak_diameter=torch.tensor([[8.0]]))
+    lp, has = em_posterior(**batch, size_sigma=40.0)
+    ref, _ = record_ref(batch, 40.0, 1.0)
+    assert has.all()
+    assert_log_close(lp, ref, 1e-4)
+    finite = torch.isfinite(d) & (d > 0)
+    assert torch.equal(torch.isfinite(lp[0, 0]), finite)  # 0, negative, inf, NaN: no candidate
+
+
 @pytest.mark.parametrize("case", range(3))
 def test_emulated_cuda_grid_matches_cpu_with_records(case):
     B, P, M = [(3, 5, 2), (7, 100, 4), (2, 333, 3)][case]

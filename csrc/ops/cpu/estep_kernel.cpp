@@ -4,7 +4,10 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <cfloat>
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 #include <utility>
 #include <vector>
 
@@ -19,6 +22,38 @@ constexpr int64_t kWorkPerTask = 1 << 16;
 
 int64_t grain_for(int64_t work_per_item) {
   return std::max<int64_t>(1, kWorkPerTask / std::max<int64_t>(1, work_per_item));
+}
+
+// log of x[i * stride], i < n, into out: the size term's log diameter of every proposal, once
+// per scan. float: a branch-free log that compilers vectorise (libm's logf is a call per
+// element, most of the size term's cost): x = m 2^e, m in [sqrt(1/2), sqrt(2)), log m =
+// 2 atanh(s), s = (m - 1) / (m + 1), |s| < 0.172, the odd series to s^9 (truncation < 3e-9,
+// within an ulp or two of logf); values outside the positive normal floats (0, negative,
+// subnormal, inf, NaN) are redone by std::log. double: std::log.
+void log_strided(const float* x, int64_t stride, int64_t n, float* out) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float v = x[i * stride];
+    uint32_t bits;
+    std::memcpy(&bits, &v, sizeof bits);
+    uint32_t mant = (bits & 0x007fffffu) | 0x3f800000u;  // m in [1, 2)
+    const bool high = mant >= 0x3fb504f3u;                 // m >= sqrt(2): halve it
+    mant = high ? mant - 0x00800000u : mant;
+    float m;
+    std::memcpy(&m, &mant, sizeof m);
+    const float e = static_cast<float>(static_cast<int32_t>((bits >> 23) & 0xffu) - 127 + (high ? 1 : 0));
+    const float s = (m - 1.0f) / (m + 1.0f);
+    const float s2 = s * s;
+    const float poly = (((s2 * (1.0f / 9.0f) + (1.0f / 7.0f)) * s2 + (1.0f / 5.0f)) * s2 + (1.0f / 3.0f)) * s2 + 1.0f;
+    out[i] = e * 0.693147182f + 2.0f * s * poly;
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    const float v = x[i * stride];
+    if (!(v >= FLT_MIN && v <= FLT_MAX)) out[i] = std::log(v);
+  }
+}
+
+void log_strided(const double* x, int64_t stride, int64_t n, double* out) {
+  for (int64_t i = 0; i < n; ++i) out[i] = std::log(x[i * stride]);
 }
 
 template <typename T>
@@ -36,7 +71,6 @@ void posterior_scans(const EmPosteriorInputs& in, const EmParams<T>& prm, T* out
   at::parallel_for(0, B, grain_for(M * P), [&](int64_t begin, int64_t end) {
     std::vector<T> log_sig;         // per proposal of the scan: shared by its labels
     std::vector<T> log_d;           // log diameter per proposal (only with a size term)
-    std::vector<T> texture;         // w_t * log p(texture | proposal), one contiguous column per texture
     std::vector<int64_t> admitted;  // positions with a finite weight in the current label
     for (int64_t b = begin; b < end; ++b) {
       const int64_t n = counts[b];
@@ -46,14 +80,7 @@ void posterior_scans(const EmPosteriorInputs& in, const EmParams<T>& prm, T* out
       for (int64_t p = 0; p < n; ++p) log_sig[p] = em_log_sigmoid(pb[5 * p]);
       if (records.log_diameter) {
         log_d.resize(n);
-        for (int64_t p = 0; p < n; ++p) log_d[p] = em_log(pb[5 * p + 4]);
-      }
-      if (records.texture) {  // strided [P, K] -> contiguous columns, scaled once per scan
-        const int64_t K = records.K;
-        const T* tb = records.texture_log_probs + b * P * K;
-        texture.resize(K * n);
-        for (int64_t t = 0; t < K; ++t)
-          for (int64_t p = 0; p < n; ++p) texture[t * n + p] = prm.texture_weight * tb[p * K + t];
+        log_strided(pb + 4, 5, n, log_d.data());
       }
       for (int64_t m = 0; m < M; ++m) {
         T* row = out + (b * M + m) * P;
@@ -64,39 +91,41 @@ void posterior_scans(const EmPosteriorInputs& in, const EmParams<T>& prm, T* out
         }
         const T z_m = wz[b * M + m];
         const T* lobe_col = lobe_lp ? lobe_lp + b * P * L + lobes[b * M + m] : nullptr;
+        const EmLabelRecord<T> rec = records.label(P, b, b * M + m);
+        // Pass 1, every proposal's log weight, with no branch, conditional load or compaction,
+        // so that compilers vectorise it: an absent term reads a zero (stride 0) with a zero
+        // coefficient. The record term (em_record_term's arithmetic) in the same pass: a pass
+        // per term costs more than the terms.
+        const T zero = T(0);
+        const T* lobe_at = lobe_col ? lobe_col : &zero;
+        const int64_t lobe_step = lobe_col ? L : 0;
+        if (!em_has_record(rec)) {
+          for (int64_t p = 0; p < n; ++p)
+            row[p] = em_log_weight(log_sig[p], pb[5 * p + 1], z_m, lobe_at[p * lobe_step], prm);
+        } else {
+          const bool size_on = rec.log_d == rec.log_d;
+          const T* log_d_at = size_on ? log_d.data() : &zero;
+          const int64_t log_d_step = size_on ? 1 : 0;
+          const T log_d_m = size_on ? rec.log_d : T(0);
+          const T size_coef = size_on ? prm.inv_two_var_size : T(0);
+          const bool texture_on = rec.texture != nullptr;
+          const T* texture_at = texture_on ? rec.texture : &zero;
+          const int64_t texture_step = texture_on ? rec.texture_stride : 0;
+          const T texture_coef = texture_on ? prm.texture_weight : T(0);
+          for (int64_t p = 0; p < n; ++p) {
+            const T t = log_d_at[p * log_d_step] - log_d_m;
+            const T r = -(t * t) * size_coef + texture_coef * texture_at[p * texture_step];
+            row[p] = em_log_weight(log_sig[p], pb[5 * p + 1], z_m, lobe_at[p * lobe_step], prm, r, true);
+          }
+        }
+        // Pass 2: the maximum and the admitted positions (weights are finite or -inf, never NaN).
         T max_w = T(-INFINITY);
         int64_t count = 0;
-        const EmLabelRecord<T> rec = records.label(P, b, b * M + m);
-        if (!em_has_record(rec)) {
-          for (int64_t p = 0; p < n; ++p) {  // weights are finite or -inf, never NaN
-            const T w = em_log_weight(log_sig[p], pb[5 * p + 1], z_m,
-                                      lobe_col ? lobe_col[p * L] : T(0), prm);
-            row[p] = w;
-            admitted[count] = p;
-            count += w > T(-INFINITY);
-            max_w = w > max_w ? w : max_w;
-          }
-        } else {
-          // The record term (em_record_term's value: size + w_t * log p(texture)) in the same
-          // pass as the weight: separate passes per term cost more than the terms.
-          const bool size_on = rec.log_d == rec.log_d;
-          const T* col = rec.texture
-              ? texture.data() + (rec.texture - (records.texture_log_probs + b * P * records.K)) * n
-              : nullptr;
-          for (int64_t p = 0; p < n; ++p) {
-            T r = T(0);
-            if (size_on) {
-              const T t = log_d[p] - rec.log_d;
-              r = -(t * t) * prm.inv_two_var_size;
-            }
-            if (col) r = r + col[p];
-            const T w = em_log_weight(log_sig[p], pb[5 * p + 1], z_m,
-                                      lobe_col ? lobe_col[p * L] : T(0), prm, r, true);
-            row[p] = w;
-            admitted[count] = p;
-            count += w > T(-INFINITY);
-            max_w = w > max_w ? w : max_w;
-          }
+        for (int64_t p = 0; p < n; ++p) {
+          const T w = row[p];
+          admitted[count] = p;
+          count += w > T(-INFINITY);
+          max_w = w > max_w ? w : max_w;
         }
         std::fill(row + n, row + P, T(-INFINITY));
         if (count == 0) continue;
