@@ -86,30 +86,37 @@ def splat_tubes(occ, grid: Grid, points, radii, chunk=1_000_000):
     for k in np.unique(key):
         sel = np.nonzero(key == k)[0]
         hz, hy = int(half[sel[0], 0]), int(half[sel[0], 1])
-        off = np.stack(np.meshgrid(np.arange(-hz, hz + 1), np.arange(-hy, hy + 1), np.arange(-hy, hy + 1),
-                                   indexing="ij"), -1).reshape(-1, 3)
-        off_flat = off @ strides
-        per = max(1, chunk // len(off))
+        offsets = (np.arange(-hz, hz + 1), np.arange(-hy, hy + 1), np.arange(-hy, hy + 1))
+        box = [len(o) for o in offsets]
+        per = max(1, chunk // int(np.prod(box)))
         for c0 in range(0, len(sel), per):
             s = sel[c0:c0 + per]
+            n = len(s)
             centre = np.rint((points[s] - grid.corner_mm) / sp).astype(np.int64)
-            ok = None
-            d2 = 0.0
+            # Per axis, then broadcast over the box: each voxel's numbers are those computed
+            # voxel by voxel (same operations, same order), at a fraction of the work.
+            ok, sq, flat = True, [], 0
             for a in range(3):
-                i = centre[:, a:a + 1] + off[None, :, a]
-                inb = (i >= 0) & (i < shape[a])
-                ok = inb if ok is None else ok & inb
+                i = centre[:, a:a + 1] + offsets[a][None, :]
+                view = [n, 1, 1, 1]
+                view[1 + a] = box[a]
+                ok = ok & ((i >= 0) & (i < shape[a])).reshape(view)
                 diff = (i * sp[a] + (grid.corner_mm[a] - points[s, a:a + 1])).astype(np.float32)
-                if a == 0:
-                    dz2 = diff * diff
-                    d2 = dz2
-                else:
-                    d2 = d2 + diff * diff
+                sq.append((diff * diff).reshape(view))
+                flat = flat + (i * strides[a]).reshape(view)
+            dz2 = sq[0]
+            d2 = (dz2 + sq[1]) + sq[2]
+            # sigma = sqrt(psf2 + slice2 * dz2 / max(d2, 1e-12)) and dist - r, in place
+            sigma = np.maximum(d2, np.float32(1e-12))
+            np.divide(slice2 * dz2, sigma, out=sigma)
+            sigma += psf2
+            np.sqrt(sigma, out=sigma)
             dist = np.sqrt(d2)
-            sigma = np.sqrt(psf2 + slice2 * dz2 / np.maximum(d2, np.float32(1e-12)))
-            val = edge(dist - radii[s, None].astype(np.float32), sigma) * peak[s, None]
-            flat = (centre @ strides)[:, None] + off_flat[None]
-            np.maximum.at(flat_occ, flat[ok], val[ok])
+            dist -= radii[s, None, None, None].astype(np.float32)
+            val = edge(dist, sigma)
+            val *= peak[s, None, None, None]
+            ok = np.broadcast_to(ok, val.shape)
+            np.maximum.at(flat_occ, np.broadcast_to(flat, val.shape)[ok], val[ok])
     return occ
 
 

@@ -56,10 +56,10 @@ def grow_tree(rng, root, direction, r0, territory, r_tip=0.25, bend=0.25, window
         if window is not None:
             lo = np.minimum(own.min(0), start) - margin - r
             hi = np.maximum(own.max(0), start) + margin + r
-            if np.any(hi < window[0]) or np.any(lo > window[1]):
+            if (hi < window[0]).any() or (lo > window[1]).any():
                 continue
         leaf = len(idx) == 1
-        centre = own.mean(0)
+        centre = own.sum(0) / len(own)  # own.mean(0), bit for bit, without its per-call overhead
         span = centre - start
         end = centre if leaf else start + span * (0.3 + 0.2 * fracs[b, 0])
         length = float(np.sqrt(((end - start) ** 2).sum()))
@@ -77,7 +77,7 @@ def grow_tree(rng, root, direction, r0, territory, r_tip=0.25, bend=0.25, window
         m = c.T @ c
         axis = m @ (m @ (m @ (np.array([1.0, 0.7, 0.4]) + noise[b] * 0.1)))  # power iteration: longest extent
         order = np.argsort(c @ axis, kind="stable")
-        cut = int(np.clip(round(len(idx) * (0.35 + 0.3 * fracs[b, 1])), 1, len(idx) - 1))
+        cut = min(max(int(round(len(idx) * (0.35 + 0.3 * fracs[b, 1]))), 1), len(idx) - 1)
         for half in (order[:cut], order[cut:]):
             stack.append((end, tangent, r * (len(half) / len(idx)) ** (1.0 / 3.0), idx[half], gen + 1))
     P0, P1, P2 = (np.asarray(a, dtype=np.float64).reshape(-1, 3) for a in (P0, P1, P2))
