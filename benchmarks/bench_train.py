@@ -4,11 +4,14 @@ on the same network and crops: a DeepLung-style step (numpy anchor labelling per
 LabelMapping of benchmarks/bench_anchors.py, and their loss: sigmoid + BCE over positives and
 the top-k hard negatives, smooth L1 over positives).
 
-Then the network's step alone (forward, backward, SGD on fixed crops) in the forms a run can
-choose, old and new side by side at the demo's (0.25 x 32^3 x 8) and the cpu preset's
-(0.25 x 48^3 x 8) settings: eager NCDHW fp32 (today's default), channels_last_3d
-(run.channels_last), bf16 autocast where the device has it natively (run.amp=bf16; skipped
-where bf16 would be emulated), and with --compile torch.compile (its compile time printed).
+Then the network's step alone (forward, backward, AdamW, the weight average's update, on fixed
+crops) in the forms a run can choose, old and new side by side at the demo's (0.25 x 32^3 x 8)
+and the cpu preset's (0.25 x 48^3 x 8) settings: the old step (oneDNN's convolution backward,
+AdamW's per-tensor loop, the average updated tensor by tensor), deepem's step (the backward as
+forward convolutions, deepem.model.conv3d; fused AdamW; foreach average), and on top of it
+channels_last_3d (run.channels_last), bf16 autocast where the device has it natively
+(run.amp=bf16; skipped where bf16 would be emulated), and with --compile torch.compile (its
+compile time printed).
 
     python benchmarks/bench_train.py [--repeats 3] [--no-full] [--device cpu|cuda] [--compile] [--json PATH]
 """
@@ -30,6 +33,7 @@ from common import fmt_ms, machine, print_table, write_json  # noqa: E402
 
 from deepem.data import datasets  # noqa: E402
 from deepem.model import DetectionLoss, Res18  # noqa: E402
+from deepem.train.ema import WeightAverage  # noqa: E402
 
 
 def synthetic_scans(folder, n=4, shape=(128, 128, 128), seed=0):
@@ -117,26 +121,41 @@ def network_forms(device, compile_too):
     """(name, channels_last, amp, compiled) of the forms to time; bf16 only where native."""
     from deepem.infer.fast import resolve_amp
 
-    forms = [("eager fp32 (old)", False, "none", False), ("channels_last_3d", True, "none", False)]
+    forms = [("old step (eager fp32)", False, "none", False, False), ("deepem's step", False, "none", False, True),
+             ("deepem's + channels_last_3d", True, "none", False, True)]
     if resolve_amp("auto", device) == "bf16":
-        forms.append(("channels_last_3d + bf16 autocast", True, "bf16", False))
+        forms.append(("deepem's + channels_last_3d + bf16 autocast", True, "bf16", False, True))
     if compile_too:
-        forms.append(("channels_last_3d + torch.compile", True, "none", True))
+        forms.append(("deepem's + channels_last_3d + torch.compile", True, "none", True, True))
     return forms
 
 
-def time_network(width, crop, batch, device, channels_last, amp, compiled, repeats):
-    """Median seconds of one network step (forward, a loss on the head, backward, SGD) and the
-    seconds the first call took (compilation, oneDNN primitive creation)."""
+@torch.no_grad()
+def old_average_update(average, model, decay):
+    """The weight average's update as it was: tensor by tensor (same arithmetic as ema_update)."""
+    for a, m in zip(average.parameters(), model.parameters()):
+        a.mul_(decay).add_(m, alpha=1.0 - decay)
+    for a, m in zip(average.buffers(), model.buffers()):
+        if a.is_floating_point():
+            a.mul_(decay).add_(m, alpha=1.0 - decay)
+        else:
+            a.copy_(m)
+
+
+def time_network(width, crop, batch, device, channels_last, amp, compiled, new, repeats):
+    """Median seconds of one network step (forward, a loss on the head, backward, AdamW, the
+    weight average) and the seconds the first call took (compilation, oneDNN primitive creation).
+    new: deepem's step (Res18's default backward, fused AdamW, ema_update); else the old one."""
     torch.manual_seed(0)
-    net = Res18(width, dropout=0.0).to(device)
+    net = Res18(width, dropout=0.0, grad_as_forward=new).to(device)
     image = torch.randn(batch, 1, crop, crop, crop, device=device)
     coord = torch.randn(batch, 3, crop // 4, crop // 4, crop // 4, device=device)
     if channels_last:
         net = net.to(memory_format=torch.channels_last_3d)
         image = image.contiguous(memory_format=torch.channels_last_3d)
     run = torch.compile(net) if compiled else net
-    opt = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=1e-4, fused=new)
+    average = WeightAverage(net, 0.99)
     cuda = torch.device(device).type == "cuda"
 
     def step():
@@ -146,6 +165,10 @@ def time_network(width, crop, batch, device, channels_last, amp, compiled, repea
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if new:
+            average.update(net)
+        else:
+            old_average_update(average.model, net, 0.99)
         if cuda:
             torch.cuda.synchronize()
 
@@ -164,15 +187,15 @@ def network_table(device, repeats, compile_too):
     results = []
     for name, width, crop, batch in NETWORK_CASES:
         old = None
-        for form, cl, amp, compiled in network_forms(device, compile_too):
-            sec, first = time_network(width, crop, batch, device, cl, amp, compiled, repeats)
+        for form, cl, amp, compiled, new in network_forms(device, compile_too):
+            sec, first = time_network(width, crop, batch, device, cl, amp, compiled, new, repeats)
             old = old or sec
             results.append({"case": name, "width": width, "crop": crop, "batch": batch, "form": form,
                             "step_s": sec, "first_call_s": first, "crops_per_s": batch / sec,
                             "speedup_vs_old": old / sec})
     rows = [[r["case"], "%g x %d^3 x %d" % (r["width"], r["crop"], r["batch"]), r["form"], fmt_ms(r["step_s"]),
              "%.1f" % r["crops_per_s"], "%.2fx" % r["speedup_vs_old"], "%.1f" % r["first_call_s"]] for r in results]
-    print("Network step (forward, backward, SGD; median of %d), %s, %d threads" % (
+    print("Network step (forward, backward, AdamW, weight average; median of %d), %s, %d threads" % (
         repeats, device, torch.get_num_threads()))
     print_table(["case", "width x crop x batch", "form", "step ms", "crops/s", "vs old", "first call s"], rows,
                 left=(0, 1, 2))

@@ -14,6 +14,8 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
+from .conv3d import Conv3d
+
 STRIDE = 4  # output cell size in input voxels
 MAX_STRIDE = 16  # input sides must be multiples of this (four 2x poolings)
 COORD_CHANNELS = 3
@@ -22,11 +24,11 @@ COORD_CHANNELS = 3
 class ResBlock(nn.Module):
     """conv3-BN-ReLU-conv3-BN plus a shortcut (1x1 conv + BN when channels change), ReLU."""
 
-    def __init__(self, n_in: int, n_out: int):
+    def __init__(self, n_in: int, n_out: int, grad_as_forward: bool = True):
         super().__init__()
-        self.conv1 = nn.Conv3d(n_in, n_out, 3, padding=1)
+        self.conv1 = Conv3d(n_in, n_out, 3, padding=1, grad_as_forward=grad_as_forward)
         self.bn1 = nn.BatchNorm3d(n_out)
-        self.conv2 = nn.Conv3d(n_out, n_out, 3, padding=1)
+        self.conv2 = Conv3d(n_out, n_out, 3, padding=1, grad_as_forward=grad_as_forward)
         self.bn2 = nn.BatchNorm3d(n_out)
         self.relu = nn.ReLU(inplace=True)
         self.shortcut = None
@@ -40,8 +42,8 @@ class ResBlock(nn.Module):
         return self.relu(out + residual)
 
 
-def _stage(n_in: int, n_out: int, blocks: int) -> nn.Sequential:
-    return nn.Sequential(*[ResBlock(n_in if i == 0 else n_out, n_out) for i in range(blocks)])
+def _stage(n_in: int, n_out: int, blocks: int, grad_as_forward: bool) -> nn.Sequential:
+    return nn.Sequential(*[ResBlock(n_in if i == 0 else n_out, n_out, grad_as_forward) for i in range(blocks)])
 
 
 def _up(channels: int) -> nn.Sequential:
@@ -56,13 +58,16 @@ class Res18(nn.Module):
         width: multiplier of every feature channel count (1 = DeepLung; 0.25 for CPU training).
         num_anchors: anchor sizes per output cell (DeepLung: 3, sides 5, 10, 20 mm).
         dropout: Dropout3d probability before the head (DeepLung: 0.5).
+        grad_as_forward: the 3^3 convolutions' CPU backward as forward convolutions
+            (deepem.model.conv3d; same gradients, faster at few channels); False: oneDNN's.
 
     forward(x [B, 1, D, H, W], coord [B, 3, D/4, H/4, W/4]) -> [B, D/4, H/4, W/4, A, 5];
     D, H, W multiples of 16; coord is the normalised position of each output cell in the
     scan (deepem.data.datasets.coord_map).
     """
 
-    def __init__(self, width: float = 1.0, num_anchors: int = 3, dropout: float = 0.5):
+    def __init__(self, width: float = 1.0, num_anchors: int = 3, dropout: float = 0.5,
+                 grad_as_forward: bool = True):
         super().__init__()
         if not width > 0:
             raise ValueError("width must be > 0, got %r" % (width,))
@@ -71,17 +76,18 @@ class Res18(nn.Module):
         back3, back2, head = (max(1, int(round(n * width))) for n in (64, 128, 64))
         self.channels = dict(forward=c, back3=back3, back2=back2, head=head)
         self.preBlock = nn.Sequential(
-            nn.Conv3d(1, c[0], 3, padding=1), nn.BatchNorm3d(c[0]), nn.ReLU(inplace=True),
-            nn.Conv3d(c[0], c[0], 3, padding=1), nn.BatchNorm3d(c[0]), nn.ReLU(inplace=True))
+            Conv3d(1, c[0], 3, padding=1, grad_as_forward=grad_as_forward), nn.BatchNorm3d(c[0]), nn.ReLU(inplace=True),
+            Conv3d(c[0], c[0], 3, padding=1, grad_as_forward=grad_as_forward), nn.BatchNorm3d(c[0]),
+            nn.ReLU(inplace=True))
         self.pool = nn.MaxPool3d(2, 2)
-        self.forw1 = _stage(c[0], c[1], 2)
-        self.forw2 = _stage(c[1], c[2], 2)
-        self.forw3 = _stage(c[2], c[3], 3)
-        self.forw4 = _stage(c[3], c[4], 3)
+        self.forw1 = _stage(c[0], c[1], 2, grad_as_forward)
+        self.forw2 = _stage(c[1], c[2], 2, grad_as_forward)
+        self.forw3 = _stage(c[2], c[3], 3, grad_as_forward)
+        self.forw4 = _stage(c[3], c[4], 3, grad_as_forward)
         self.path1 = _up(c[4])
-        self.back3 = _stage(c[4] + c[3], back3, 3)
+        self.back3 = _stage(c[4] + c[3], back3, 3, grad_as_forward)
         self.path2 = _up(back3)
-        self.back2 = _stage(back3 + c[2] + COORD_CHANNELS, back2, 3)
+        self.back2 = _stage(back3 + c[2] + COORD_CHANNELS, back2, 3, grad_as_forward)
         self.drop = nn.Dropout3d(dropout)
         self.output = nn.Sequential(nn.Conv3d(back2, head, 1), nn.ReLU(),
                                     nn.Conv3d(head, 5 * self.num_anchors, 1))
