@@ -127,3 +127,32 @@ def test_score_labels_literal_cases():
     got = score_labels(labels, truth, {"a": 1.25, "b": 2.5, "c": 2.5})
     assert got == {"labels": 5, "right": 1, "nodules": 3, "found": 1, "precision": 0.2, "recall": 1 / 3}
     assert score_labels({"a": np.array([[12.0, 7, 2]])}, truth, {"a": 1.25})["right"] == 0  # 2 mm > 1.25
+
+
+def test_records_are_the_same_in_every_run(tmp_path):
+    """Same seed, same exam: the same UIDs, paths and bytes (pydicom's generate_uid without a
+    prefix is random, which once made every run's study and image UIDs differ)."""
+    from pydicom.uid import UID
+
+    from deepem.data.phantom import dicom, records
+
+    rng = np.random.default_rng(0)
+    volume = io.Volume(rng.integers(-1000, 400, (6, 8, 8)).astype(np.int16), (-5.0, -4.0, -100.0),
+                       (0.7, 0.7, 2.5), io.IDENTITY)
+    info = {"nodules": [[0.0, 0.0, -95.0, 6.0]], "lobes": [3], "types": [{"texture": "solid"}]}
+
+    def tree(folder):
+        out = {}
+        for d, _, files in os.walk(folder):
+            for f in files:
+                with open(os.path.join(d, f), "rb") as fh:
+                    out[os.path.relpath(os.path.join(d, f), folder)] = fh.read()
+        return out
+
+    for run in ("a", "b"):
+        for index in range(3):  # index 2: a thick or soft second series, a localizer
+            records.write_study(str(tmp_path / run), 5, index, "1.2.3.%d" % index, volume, info)
+    first, second = tree(tmp_path / "a"), tree(tmp_path / "b")
+    assert len(first) > 3 * 6 and first == second
+    uids = [dicom.uid("study", 5, i) for i in range(3)] + [dicom.uid("1.2.3.0", n) for n in range(1, 7)]
+    assert len(set(uids)) == len(uids) and all(UID(u).is_valid and u.startswith("2.25.") for u in uids)

@@ -3,32 +3,33 @@ tags, InstanceNumber running head to feet as scanners number them, the screening
 in StudyDate and the participant id in PatientID; optionally a second reconstruction (thicker
 slices or a softer kernel) and a localizer."""
 import os
+import uuid
 
 import numpy as np
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 NLST_STUDY_DATES = ("19990102", "20000102", "20010102")  # T0, T1, T2
+_UID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_DNS, "phantom.deepem")
 
 
 def uid(*parts):
-    """A deterministic DICOM UID (2.25 form) from any parts."""
-    from pydicom.uid import generate_uid
+    """A deterministic DICOM UID from any parts: 2.25.<a name-based UUID as an integer>
+    (DICOM PS3.5 B.2), so a seed's exams carry the same UIDs in every run. (pydicom's
+    generate_uid ignores its entropy sources when prefix is None: a random UUID each call.)"""
+    return "2.25.%d" % uuid.uuid5(_UID_NAMESPACE, "|".join(str(p) for p in parts)).int
 
-    return generate_uid(prefix=None, entropy_srcs=[str(p) for p in parts])
 
-
-def _dataset(study, series, geometry, image, instance_number, position):
+def _series_dataset(study, series, geometry, shape):
+    """The tags every image of a series shares; _set_image adds an image's own."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian
 
-    sop = uid(series["uid"], instance_number)
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = CT_IMAGE_STORAGE
-    meta.MediaStorageSOPInstanceUID = sop
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = Dataset()
     ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = CT_IMAGE_STORAGE, sop, "CT"
+    ds.SOPClassUID, ds.Modality = CT_IMAGE_STORAGE, "CT"
     ds.PatientID, ds.PatientName = study["pid"], "%s^PHANTOM" % study["pid"]
     ds.StudyDate, ds.StudyInstanceUID, ds.StudyID = study["date"], study["uid"], "1"
     ds.AccessionNumber = study.get("accession", "")
@@ -36,16 +37,25 @@ def _dataset(study, series, geometry, image, instance_number, position):
     ds.SeriesDescription = series["description"]
     ds.ImageType = series["image_type"]
     ds.ConvolutionKernel = series.get("kernel", "")
-    ds.InstanceNumber = instance_number
     ds.FrameOfReferenceUID = study["frame"]
-    ds.ImagePositionPatient = [round(float(v), 4) for v in position]
     ds.ImageOrientationPatient = [round(float(v), 6) for v in geometry["orientation"]]
     ds.PixelSpacing = [round(float(v), 6) for v in geometry["pixel_spacing"]]  # row spacing, column spacing
     ds.SliceThickness = round(float(geometry["thickness"]), 4)
-    ds.Rows, ds.Columns = image.shape
+    ds.Rows, ds.Columns = shape
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
     ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = 0, 1, "HU"
+    return ds
+
+
+def _set_image(ds, series, image, instance_number, position):
+    """One image's tags, set on the series' dataset in place (rebuilding all ~35 tags per file
+    took most of a weak scan's record-writing time)."""
+    sop = uid(series["uid"], instance_number)
+    ds.file_meta.MediaStorageSOPInstanceUID = sop
+    ds.SOPInstanceUID = sop
+    ds.InstanceNumber = instance_number
+    ds.ImagePositionPatient = [round(float(v), 4) for v in position]
     ds.PixelData = np.ascontiguousarray(image, dtype="<i2").tobytes()
     return ds
 
@@ -71,9 +81,10 @@ def write_series(volume, folder, study, series):
     order = np.argsort(-positions[:, 2], kind="stable")  # head (high z) first
     numbers = np.empty(n, dtype=np.int64)
     numbers[order] = np.arange(1, n + 1)
+    ds = _series_dataset(study, series, geometry, volume.array.shape[1:])
     for k in range(n):
-        ds = _dataset(study, series, geometry, volume.array[k], int(numbers[k]), positions[k])
-        _save(ds, os.path.join(folder, "%04d.dcm" % numbers[k]))
+        _save(_set_image(ds, series, volume.array[k], int(numbers[k]), positions[k]),
+              os.path.join(folder, "%04d.dcm" % numbers[k]))
     return numbers
 
 
@@ -108,5 +119,6 @@ def write_localizer(volume, folder, study, series):
     top = np.asarray(volume.origin) + (volume.array.shape[0] - 1) * sz * direction[:, 2]
     geometry = {"orientation": np.concatenate([direction[:, 0], -direction[:, 2]]), "pixel_spacing": (sz, sx),
                 "thickness": 1.0}
-    ds = _dataset(study, series, geometry, np.rint(image).astype(np.int16), 1, top)
+    image = np.rint(image).astype(np.int16)
+    ds = _set_image(_series_dataset(study, series, geometry, image.shape), series, image, 1, top)
     _save(ds, os.path.join(folder, "0001.dcm"))
