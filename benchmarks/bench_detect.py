@@ -1,14 +1,16 @@
 """Whole-scan detection benchmark: seconds per scan split into reading, network, post-processing
 (decode + threshold + NMS) and mapping to world mm, with peak memory, for two paths side by side:
 'deeplung' (DeepLung's 144-voxel tiles with 32-voxel margins, the module as it is: deepem's path
-before issue 33) and 'planned' (deepem's default: the fewest tiles that fit memory, a 16-voxel
-border, the network traced and optimised for inference on the CPU), with the network's achieved
+before issue 33), 'planned_torchscript' (the fewest tiles that fit memory, a 16-voxel border,
+the network as TorchScript's frozen graph: deepem's default before the fused path) and
+'planned' (deepem's default: the same tiles, the network as oneDNN's fused convolutions in
+channels_last_3d, deepem.infer.fused), with the network's achieved
 GFLOP/s and its share of the CPU's fp32 peak; and, on the same network
 outputs, DeepLung's post-processing (numpy decode of every anchor, threshold, pure-Python greedy
 NMS, written the way its code does it) against deepem's (decode_boxes3d on the anchors above the
 threshold, nms3d).
 
-    python benchmarks/bench_detect.py [--json PATH] [--widths 0.25 1] [--paths deeplung planned] [--tiles N]
+    python benchmarks/bench_detect.py [--json PATH] [--widths 0.25 1] [--paths deeplung planned_torchscript planned] [--tiles N]
                                       [--full] [--candidates K] [--threads T] [--device cpu|cuda] [--amp auto]
 
 Cases: a phantom scan (deepem.data.phantom's 'demo' preset, a 128 x 128 x ~60 voxel window onto
@@ -145,7 +147,8 @@ def prepare(folder, seed=0, real_luna=False):
 # ---- one (case, width, path) in a child process ----
 
 # today's path before planning (DeepLung's fixed tiles, the module as it is) and the planned one
-PATHS = {"deeplung": dict(tile=144, margin=32, fast=False), "planned": dict()}
+PATHS = {"deeplung": dict(tile=144, margin=32, fast=False), "planned_torchscript": dict(fast="torchscript"),
+         "planned": dict()}
 
 
 def flop_per_voxel(width):
@@ -235,7 +238,7 @@ def child(args):
 
     t_read = timeit(read, min_runs=3, max_runs=3, budget=0)
     image, meta = read()
-    max_tiles = None if (args.full or case == "phantom" or args.path == "planned") else args.tiles
+    max_tiles = None if (args.full or case == "phantom" or args.path.startswith("planned")) else args.tiles
     out, t_net, tiles_run, tiles = network_output(det, image, max_tiles)
     # logits shifted so that `candidates` anchors pass the threshold (see the docstring)
     logits = out[..., 0].reshape(-1)
@@ -299,9 +302,10 @@ def main(argv=None):
                     "demo scan (adds minutes)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--amp", default="none", choices=["auto", "none", "bf16", "fp16"])
-    ap.add_argument("--paths", nargs="+", default=["deeplung", "planned"], choices=list(PATHS),
-                    help="deeplung: DeepLung's 144-voxel tiles, 32-voxel margins, the module as it is; planned: "
-                    "deepem's default (the fewest tiles that fit memory, 16-voxel border, TorchScript on the CPU)")
+    ap.add_argument("--paths", nargs="+", default=list(PATHS), choices=list(PATHS),
+                    help="deeplung: DeepLung's 144-voxel tiles, 32-voxel margins, the module as it is; "
+                    "planned_torchscript: the fewest tiles that fit memory, 16-voxel border, TorchScript on the CPU; "
+                    "planned: deepem's default (those tiles, oneDNN's fused convolutions on the CPU)")
     ap.add_argument("--path", default="planned", help=argparse.SUPPRESS)
     ap.add_argument("--case", help=argparse.SUPPRESS)
     ap.add_argument("--width", type=float, help=argparse.SUPPRESS)

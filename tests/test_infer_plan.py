@@ -131,22 +131,62 @@ def test_detector_default_is_one_pass_over_the_scan_padded_by_the_border():
 
 # ---- the fast network path ----
 
-def test_torchscript_runner_equals_the_module_and_follows_weight_changes():
-    model = res18_with_statistics()
-    runner = fast.InferenceRunner(model, "cpu", "none", fast=True)
-    assert runner.mode == "torchscript"
-    for side, batch in (((32, 48, 64), 1), ((64, 32, 32), 2)):  # any size and batch after one trace
+def check_runner_equals_the_module_and_follows_weight_changes(model, runner, built):
+    """runner(x, c) == model(x, c) for several sizes and batches; after a weight changes in
+    place the runner builds its form again (`built()` returns the current one)."""
+    for side, batch in (((32, 48, 64), 1), ((64, 32, 32), 2), ((16, 16, 16), 1)):
         x = torch.randn(batch, 1, *side)
         c = torch.randn(batch, 3, *[s // 4 for s in side])
         with torch.no_grad():
             torch.testing.assert_close(runner(x, c), model(x, c), atol=2e-5, rtol=1e-4)
-    traced = runner._traced
-    with torch.no_grad():  # a training step in place: the next call traces again
+    before = built()
+    with torch.no_grad():  # a training step in place: the next call builds again
         model.output[2].bias.add_(1.0)
+        model.preBlock[1].running_var.mul_(1.5)
         torch.testing.assert_close(runner(x, c), model(x, c), atol=2e-5, rtol=1e-4)
-    assert runner._traced is not traced
+    assert built() is not before
+
+
+@pytest.mark.parametrize("width", [0.125, 0.25, 1.0])
+def test_fused_runner_equals_the_module_and_follows_weight_changes(width):
+    if not fast.fused.available():
+        pytest.skip("this torch has no oneDNN fused convolutions")
+    model = res18_with_statistics(width)
+    runner = fast.InferenceRunner(model, "cpu", "none", fast=True)
+    assert runner.mode == "fused"
+    check_runner_equals_the_module_and_follows_weight_changes(model, runner, lambda: runner._fused)
+    assert runner.mode == "fused"
+
+
+def test_torchscript_runner_equals_the_module_and_follows_weight_changes(monkeypatch):
+    monkeypatch.setattr(fast.fused, "available", lambda: False)  # a torch without the fused ops
+    model = res18_with_statistics()
+    runner = fast.InferenceRunner(model, "cpu", "none", fast=True)
+    assert runner.mode == "torchscript"
+    check_runner_equals_the_module_and_follows_weight_changes(model, runner, lambda: runner._traced)
     assert fast.InferenceRunner(model, "cpu", "none", fast=False).mode == "module"
     assert fast.InferenceRunner(model, "cpu", "bf16", fast=True).mode == "channels_last"
+    assert fast.InferenceRunner(LocalNet(), "cpu", "none", fast=True).mode == "torchscript"  # not a Res18
+
+
+def test_fused_runner_falls_back_to_torchscript_with_a_warning(monkeypatch):
+    if not fast.fused.available():
+        pytest.skip("this torch has no oneDNN fused convolutions")
+
+    def refuse(self, x, coord):
+        raise RuntimeError("could not create a primitive")
+
+    monkeypatch.setattr(fast.fused.FusedRes18, "__call__", refuse)
+    model = res18_with_statistics()
+    runner = fast.InferenceRunner(model, "cpu", "none", fast=True)
+    x, c = torch.randn(1, 1, 32, 32, 32), torch.randn(1, 3, 8, 8, 8)
+    with pytest.warns(UserWarning, match="fused convolutions failed"):
+        out = runner(x, c)
+    assert runner.mode == "torchscript"
+    with torch.no_grad():
+        torch.testing.assert_close(out, model(x, c), atol=2e-5, rtol=1e-4)
+    with pytest.raises(TypeError, match="Res18"):
+        fast.fused.FusedRes18(LocalNet())
 
 
 def test_runner_falls_back_to_the_module_with_a_warning():

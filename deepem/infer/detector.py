@@ -161,8 +161,9 @@ class Detector:
     tile of its own size. tile=N gives DeepLung's fixed tiles instead (side N, shrunk to the
     scan per axis, see deepem.infer.tiles; DeepLung: tile=144, margin=32). amp: 'none' | 'bf16'
     | 'fp16' | 'auto' (bf16 where the hardware has it natively, else none; `self.amp` says what
-    was chosen). fast: run the network in its fastest form (deepem.infer.fast: TorchScript on
-    the CPU in fp32, channels_last under autocast); False runs the module as it is.
+    was chosen). fast: run the network in its fastest form (deepem.infer.fast: oneDNN's fused
+    convolutions on the CPU in fp32, channels_last under autocast); 'torchscript' the
+    TorchScript graph instead on the CPU in fp32; False runs the module as it is.
     threshold: logit cut; min_diameter: mm; nms_iou: cube IoU; max_marks: per scan (LUNA16:
     100). A checkpoint file is loaded weights-only; trusted=True allows a full unpickle (files
     you trust only: it can run code).
@@ -182,7 +183,9 @@ class Detector:
         if max_memory is not None and not float(max_memory) > 0:
             raise ValueError("max_memory must be > 0 bytes, got %r" % (max_memory,))
         self.tile, self.margin, self.tile_batch, self.max_memory = tile, int(margin), int(tile_batch), max_memory
-        self.fast = bool(fast)
+        if fast not in (True, False, "torchscript"):
+            raise ValueError("fast must be True, False or 'torchscript', got %r" % (fast,))
+        self.fast = fast
         self.threshold, self.nms_iou = float(threshold), float(nms_iou)
         self.min_diameter, self.max_marks = float(min_diameter), max_marks
         self.timings = {}  # seconds of the last detect(): read, network, postprocess, mapping

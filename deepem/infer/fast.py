@@ -1,11 +1,15 @@
 """The network as detection runs it: the fastest form of the same function on the device at hand.
 
-- CPU, fp32: the model traced, frozen and optimised for inference by TorchScript: BatchNorm
-  folded into the convolutions, convolution + ReLU fused, oneDNN's blocked layouts kept between
-  layers. On the 2-core AVX2 VM: 2.4x at width 0.25 (a demo scan's tile), 1.5x at width 1,
-  outputs within 2e-5 of the module's (docs/detection.md, tests/test_infer_plan.py). The trace
-  is made at the first call and again whenever a parameter or buffer has changed since (the
-  E-step detects with a model that trains between its calls).
+- CPU, fp32, a Res18: deepem.infer.fused, oneDNN's fused convolutions in channels_last_3d
+  (BatchNorm folded, convolution + ReLU and convolution + residual add + ReLU as one
+  primitive); 1.2-1.55x faster than the TorchScript graph at width 0.25.
+- CPU, fp32, another model (or a torch without those oneDNN ops): the model traced, frozen and
+  optimised for inference by TorchScript: BatchNorm folded into the convolutions, oneDNN's
+  blocked layouts kept between layers (ReLU a separate oneDNN step for 3D convolutions). On the
+  2-core AVX2 VM: 2.4x the module at width 0.25 (a demo scan's tile), 1.5x at width 1.
+Both give outputs within 2e-5 of the module's (docs/detection.md, tests/test_infer_plan.py)
+and are built at the first call and again whenever a parameter or buffer has changed since
+(the E-step detects with a model that trains between its calls).
 - bf16 / fp16 autocast, and CUDA: the module itself on a channels_last_3d input (the format
   oneDNN's bf16 and cuDNN's kernels want; it carries through the layers), under autocast.
 Anything that cannot be traced runs as it is, with a warning.
@@ -17,6 +21,8 @@ import warnings
 
 import torch
 
+from ..model.res18 import Res18
+from . import fused
 from .tiles import AMP_DTYPES, autocast
 
 _TRACE_SIDE = 32  # a small input to trace with: the trace holds for any input size
@@ -58,11 +64,24 @@ class InferenceRunner:
     def __init__(self, model, device, amp="none", fast=True):
         self.model, self.device, self.amp = model, torch.device(device), amp
         self.mode = "module"
-        if fast and self.device.type == "cpu" and amp == "none":
-            self.mode = "torchscript"
+        if fast and self.device.type == "cpu" and amp == "none":  # fast='torchscript': that form
+            use_fused = fast is True and isinstance(model, Res18) and fused.available()
+            self.mode = "fused" if use_fused else "torchscript"
         elif fast:
             self.mode = "channels_last"
-        self._traced, self._signature = None, None
+        self._traced, self._fused, self._signature = None, None, None
+
+    def _fused_call(self, x, coord):
+        signature = _state_signature(self.model)
+        if self._fused is None or signature != self._signature:
+            self._fused, self._signature = fused.FusedRes18(self.model), signature
+        try:
+            return self._fused(x, coord)
+        except RuntimeError as e:  # a oneDNN build that refuses a primitive: TorchScript instead
+            warnings.warn("detection runs TorchScript: oneDNN's fused convolutions failed (%s)"
+                          % str(e).splitlines()[0])
+            self.mode, self._fused, self._signature = "torchscript", None, None
+            return self._torchscript(x, coord)
 
     def _trace(self, x, coord):
         s = _TRACE_SIDE
@@ -87,6 +106,8 @@ class InferenceRunner:
 
     @torch.no_grad()
     def __call__(self, x, coord):
+        if self.mode == "fused":
+            return self._fused_call(x, coord)
         if self.mode == "torchscript":
             return self._torchscript(x, coord)
         if self.mode == "channels_last":  # the input's format carries through the convolutions;
