@@ -10,8 +10,9 @@ outputs, DeepLung's post-processing (numpy decode of every anchor, threshold, pu
 NMS, written the way its code does it) against deepem's (decode_boxes3d on the anchors above the
 threshold, nms3d).
 
-    python benchmarks/bench_detect.py [--json PATH] [--widths 0.25 1] [--paths deeplung planned_torchscript planned] [--tiles N]
-                                      [--full] [--candidates K] [--threads T] [--device cpu|cuda] [--amp auto]
+    python benchmarks/bench_detect.py [--json PATH] [--widths 0.25 1] [--tiles N] [--full]
+                                      [--paths deeplung planned_torchscript planned]
+                                      [--candidates K] [--threads T] [--device cpu|cuda] [--amp auto]
 
 Cases: a phantom scan (deepem.data.phantom's 'demo' preset, a 128 x 128 x ~60 voxel window onto
 one lung, preprocessed from its .mhd: the CPU demo's scans) and a LUNA16-size volume (that
@@ -22,7 +23,7 @@ case's.
 
 On the deeplung path a LUNA16-size scan is 18 equal tiles (3 x 2 x 3 of 112 x 128 x 128 + 2 x 32
 margin). Its network time is measured on --tiles of them (default 1) and scaled to all (stated in
-the output; the planned path always runs every tile); the other tiles' outputs are copies of those computed (logits lowered by 1e-4 per
+the output; the planned paths always run every tile); the other tiles' outputs are copies of those computed (logits lowered by 1e-4 per
 copy, so no two anchors tie), pasted by the detector's own stitching, so post-processing sees
 a whole-scan output of real network values in the detector's layout. --full runs every tile
 (phantom scans always run whole).
