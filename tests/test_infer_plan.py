@@ -217,3 +217,19 @@ def test_resolve_amp():
         fast.resolve_amp("fp8", "cpu")
     det = Detector(Res18(0.125), amp="auto")
     assert det.amp in ("none", "bf16") and det.amp_requested == "auto"
+
+
+def test_fused_runner_keeps_packed_weights_for_a_few_shapes_only():
+    """Every scan has its own shape: the weights packed per input shape must not pile up."""
+    if not fast.fused.available():
+        pytest.skip("this torch has no oneDNN fused convolutions")
+    model = res18_with_statistics()
+    runner = fast.InferenceRunner(model, "cpu", "none", fast=True)
+    for k in range(8):
+        side = (16, 16 + 16 * (k % 4), 16 * (1 + k))
+        x, c = torch.randn(1, 1, *side), torch.randn(1, 3, *[s // 4 for s in side])
+        out = runner(x, c)
+    with torch.no_grad():
+        torch.testing.assert_close(out, model(x, c), atol=2e-5, rtol=1e-4)
+    sizes = {len(conv.packed) for conv in runner._fused.pre + [runner._fused.head, runner._fused.out]}
+    assert sizes == {fast.fused._PACKED_SHAPES}

@@ -28,6 +28,7 @@ from ..model.res18 import Res18, ResBlock, check_input
 
 CL = torch.channels_last_3d
 _ONES = [1, 1, 1]
+_PACKED_SHAPES = 4  # input shapes whose packed weights are kept (a full-width model's: 21 MB each)
 
 
 def available() -> bool:
@@ -58,6 +59,8 @@ class _Conv:
     def _weight(self, x: Tensor) -> Tensor:
         key = tuple(x.shape)
         if key not in self.packed:
+            if len(self.packed) >= _PACKED_SHAPES:  # scans differ in shape: keep the newest few only
+                self.packed.pop(next(iter(self.packed)))
             self.packed[key] = torch.ops.mkldnn._reorder_convolution_weight(
                 self.weight, self.padding, _ONES, _ONES, 1, list(x.shape))
         return self.packed[key]
