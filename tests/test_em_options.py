@@ -115,9 +115,10 @@ def test_teachers_student_frozen_and_ema():
         Teacher("peer", student)
 
 
-def test_a_frozen_teacher_detects_each_scan_once(data):
+def test_a_frozen_teacher_detects_each_scan_once(data, monkeypatch):
     """teacher = init keeps its proposals: a second E-step over the same scans and slices gives
     the same proposals without running the network; other slices detect again."""
+    from deepem.em import estep
     from deepem.em.estep import detect_proposals
 
     root, init = data
@@ -127,19 +128,23 @@ def test_a_frozen_teacher_detects_each_scan_once(data):
     config = em_config(root, ["em.threshold=-20"])
     uids = ["scan03", "scan04"]
     weak_z = {u: datasets.load_weak(root, u)[:, 0] for u in uids}
-    calls = {"n": 0}
-    teacher.model.register_forward_hook(lambda *a: calls.__setitem__("n", calls["n"] + 1))
+    detected = []  # one entry per scan whose network output was computed (whatever runs the network)
+    scan_proposals = estep.scan_proposals
+    monkeypatch.setattr(estep, "scan_proposals", lambda det, image, *a: detected.append(image.shape)
+                        or scan_proposals(det, image, *a))
     first, _ = detect_proposals(teacher.model, root, uids, weak_z, config, distributed.Context())
-    runs = calls["n"]
+    assert len(detected) == len(uids)
     again, _ = detect_proposals(teacher.model, root, uids, weak_z, config, distributed.Context())
-    assert runs > 0 and calls["n"] == runs
+    assert len(detected) == len(uids)
     plain = Teacher("student", student).model
     assert not hasattr(plain, "proposal_cache")
     uncached, _ = detect_proposals(plain, root, uids, weak_z, config, distributed.Context())
+    assert len(detected) == 2 * len(uids)
     for u in uids:
         assert len(first[u]) > 0 and torch.equal(first[u], again[u]) and torch.equal(first[u], uncached[u])
-    detect_proposals(teacher.model, root, uids, {u: z + 1.0 for u, z in weak_z.items()}, config, distributed.Context())
-    assert calls["n"] == 2 * runs
+    moved = {**weak_z, uids[0]: weak_z[uids[0]] + 1.0}  # other label slices: that scan again
+    detect_proposals(teacher.model, root, uids, moved, config, distributed.Context())
+    assert len(detected) == 2 * len(uids) + 1
 
 
 def test_a_frozen_teacher_proposes_what_the_initial_model_proposes_at_every_epoch(data, tmp_path):

@@ -14,9 +14,9 @@ than the TorchScript graph, with 2/3 of its peak memory; width 1 within 5%
 (benchmarks/bench_detect.py, docs/detection.md); outputs within 2e-5 of the module's
 (tests/test_infer_plan.py).
 
-These are the private oneDNN ops inductor itself calls (present in every CPU build of torch
-with oneDNN since 2.0); `available()` says whether this torch has them, and
-deepem.infer.fast falls back to TorchScript where it does not.
+These are the private oneDNN ops inductor itself calls on the CPU; `available()` says whether
+this torch has them, and deepem.infer.fast runs TorchScript where it does not (or where oneDNN
+refuses a primitive at the first call).
 """
 from typing import Optional
 
@@ -32,8 +32,9 @@ _PACKED_SHAPES = 4  # input shapes whose packed weights are kept (a full-width m
 
 
 def available() -> bool:
-    return (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
-            and hasattr(torch.ops.mkldnn, "_reorder_convolution_weight"))
+    return torch.backends.mkldnn.is_available() and all(
+        hasattr(torch.ops.mkldnn, op) for op in ("_convolution_pointwise", "_convolution_pointwise_",
+                                                  "_reorder_convolution_weight"))
 
 
 def _folded(conv: nn.Conv3d, bn: Optional[nn.BatchNorm3d]):
