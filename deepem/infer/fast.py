@@ -2,7 +2,8 @@
 
 - CPU, fp32, a Res18: deepem.infer.fused, oneDNN's fused convolutions in channels_last_3d
   (BatchNorm folded, convolution + ReLU and convolution + residual add + ReLU as one
-  primitive); at width 0.25 1.3x (a demo scan) to 1.7x (a LUNA16-size scan) the TorchScript graph.
+  primitive); at width 0.25, 1.3x (a demo scan) to 1.7x (a LUNA16-size scan) faster than
+  the TorchScript graph.
 - CPU, fp32, another model (or a torch without those oneDNN ops): the model traced, frozen and
   optimised for inference by TorchScript: BatchNorm folded into the convolutions, oneDNN's
   blocked layouts kept between layers (ReLU a separate oneDNN step for 3D convolutions). On the
