@@ -13,6 +13,10 @@ import os
 import sys
 
 
+NETWORK_FORMS = {"fused": "oneDNN's fused convolutions (deepem.infer.fused)", "torchscript": "a TorchScript graph",
+                 "channels_last": "the module on channels_last_3d input", "module": "the module as it is"}
+
+
 def _positive_int(text):
     value = int(text)
     if value < 1:
@@ -303,17 +307,18 @@ def _detect(args):
                             tile_batch=args.tile_batch, amp=args.amp, threshold=args.threshold,
                             max_memory=args.max_memory * 2**30 if args.max_memory else None,
                             trusted=args.trust_checkpoint)
-        print("deepem detect: %s, amp %s%s, %s tiles" % (
+        print("deepem detect: %s, amp %s%s, %s tiles, network as %s" % (
             detector.device, detector.amp, " (auto)" if args.amp == "auto" else "",
-            "DeepLung's %d-voxel" % args.tile if args.tile else "planned (fewest that fit memory)"), file=sys.stderr)
+            "DeepLung's %d-voxel" % args.tile if args.tile else "planned (fewest that fit memory)",
+            NETWORK_FORMS[detector.runner().mode]), file=sys.stderr)
     except (FileNotFoundError, KeyError, ValueError, RuntimeError) as e:
         print("deepem detect: %s" % (e.args[0] if e.args else e), file=sys.stderr)
         return 2
     settings = {k: getattr(args, k) for k in ("checkpoint", "data", "split", "splits", "uids", "scans", "threshold",
                                               "device", "tile", "margin", "tile_batch", "max_memory", "amp", "overlays",
                                               "overlay_min_prob", "seg_dir")}
-    settings.update(device=str(detector.device), amp_chosen=detector.amp, nms_iou=detector.nms_iou, min_diameter_mm=detector.min_diameter,
-                    max_marks=detector.max_marks)
+    settings.update(device=str(detector.device), amp_chosen=detector.amp, network=detector.runner().mode,
+                    nms_iou=detector.nms_iou, min_diameter_mm=detector.min_diameter, max_marks=detector.max_marks)
     result = run.detect_many(detector, inputs, args.out, _write_marks_csv, overlays=args.overlays,
                              overlay_min_prob=args.overlay_min_prob, seg_dir=args.seg_dir,
                              progress=not args.quiet, settings=settings)

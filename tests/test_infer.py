@@ -17,6 +17,7 @@ from deepem import cli
 from deepem.data import io, lung_mask, phantom, preprocess
 from deepem.data.datasets import PAD_VALUE, coord_map, extract
 from deepem.infer import Detector, Marks, anchors_at, decode, load_input, postprocess, split_comb, tile_sides
+from deepem.infer import fast
 from deepem.infer.tiles import stitched_output
 from deepem.model import Res18
 from deepem.ops import anchor_grid, anchors3d, encode_boxes3d
@@ -287,6 +288,7 @@ def test_cli_detect_preprocessed_folder_with_overlay(scans, checkpoint, tmp_path
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     report = json.loads((out / "detect_report.json").read_text())
     assert report["scans_done"] == ["scan0"] and report["failed"] == {}
+    assert report["settings"]["network"] == ("fused" if fast.fused.available() else "torchscript")
     assert not [f for f in os.listdir(out) if f.startswith(".tmp")]
 
 
