@@ -333,9 +333,11 @@ def run_once(out, s: Settings, seed, workers):
     run_stage(out, "baseline", lambda d: fit(train_config(d, pre, s, seed), init=init_ckpt, resume="auto"), times)
     run_stage(out, "baseline_rerun", lambda d: fit(train_config(d, pre, s, seed + RERUN_SEED_OFFSET), init=init_ckpt,
                                                    resume="auto"), times)
+    # a frozen initial teacher proposes the same in both DeepEM rows: the second reads the first's
+    shared = {"em": {"proposal_cache": os.path.join(out, "teacher_proposals")}}
     for method, em in (("deepem_map", "map"), ("deepem_sampling", "sample")):
-        run_stage(out, method, lambda d, em=em: em_fit(train_config(d, pre, s, seed, em=em), init=init_ckpt,
-                                                       resume="auto"), times)
+        run_stage(out, method, lambda d, em=em: em_fit(train_config(d, pre, s, seed, em=em, extra=shared),
+                                                       init=init_ckpt, resume="auto"), times)
     both = os.path.join(pre, "full_and_weak.txt")
     run_stage(out, "oracle", lambda d: fit(train_config(d, pre, s, seed, train_split=both), init=init_ckpt,
                                            resume="auto"), times)

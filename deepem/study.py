@@ -171,7 +171,9 @@ def run_variant(out, s: demo.Settings, seed, name, variant: Variant, init_ckpt, 
         split = os.path.join(pre, "full_and_weak.txt") if variant.train_split == "full_and_weak" else "full"
         t = fit(demo.train_config(run_dir, pre, s, seed_run, train_split=split), init=init_ckpt, resume="auto")
     else:
-        config = demo.train_config(run_dir, pre, s, seed_run, em=variant.method, extra={"em": dict(variant.em)})
+        # the variants with the frozen initial teacher share its proposals (out/teacher_proposals)
+        em = {**dict(variant.em), "proposal_cache": os.path.join(out, "teacher_proposals")}
+        config = demo.train_config(run_dir, pre, s, seed_run, em=variant.method, extra={"em": em})
         missed, weak_uids = diagnostics_ready()
         observer = PickDiagnostics(pre, weak_uids, missed)
         estep = truth_estep if variant.truth else negatives_estep if variant.negatives_only else None

@@ -3,6 +3,7 @@ here: the Platt-scaled detector term, the confidence rule, pseudo-box geometry, 
 the calibration's threshold and pick rules, mixed batches, classification-only pseudo boxes,
 and tiny EM runs with each option (they run, and the defaults stay the paper's method)."""
 import dataclasses
+import os
 
 import numpy as np
 import pytest
@@ -145,6 +146,48 @@ def test_a_frozen_teacher_detects_each_scan_once(data, monkeypatch):
     moved = {**weak_z, uids[0]: weak_z[uids[0]] + 1.0}  # other label slices: that scan again
     detect_proposals(teacher.model, root, uids, moved, config, distributed.Context())
     assert len(detected) == 2 * len(uids) + 1
+
+
+def test_a_frozen_teachers_proposals_on_disk_serve_another_run(data, monkeypatch, tmp_path):
+    """em.proposal_cache: a second run's frozen teacher with the same weights reads the first's
+    proposals from the folder (no detection, the same tensors); other weights, other slices or a
+    changed scan file detect again."""
+    from deepem.em import estep
+    from deepem.em.estep import detect_proposals
+
+    root, init = data
+    student = Res18(0.125)
+    student.load_state_dict(checkpoint.load(init)["model"])
+    config = em_config(root, ["em.threshold=-20"])
+    uids = ["scan03", "scan04"]
+    weak_z = {u: datasets.load_weak(root, u)[:, 0] for u in uids}
+    detected = []
+    scan_proposals = estep.scan_proposals
+    monkeypatch.setattr(estep, "scan_proposals", lambda det, image, *a: detected.append(image.shape)
+                        or scan_proposals(det, image, *a))
+    folder = str(tmp_path / "cache")
+
+    def run(model, z=weak_z):
+        return detect_proposals(Teacher("init", model, proposal_cache=folder).model, root, uids, z, config,
+                                distributed.Context())[0]
+
+    first = run(student)
+    assert len(detected) == 2 and len(os.listdir(folder)) == 2
+    again = run(student)  # another run: a new teacher, the same weights
+    assert len(detected) == 2 and all(torch.equal(first[u], again[u]) for u in uids)
+    assert not [f for f in os.listdir(folder) if f.startswith(".tmp")]
+    run(student, {**weak_z, uids[0]: weak_z[uids[0]] + 1.0})
+    assert len(detected) == 3
+    other = Res18(0.125)
+    other.load_state_dict(student.state_dict())
+    with torch.no_grad():
+        other.output[2].bias.add_(0.5)
+    run(other)
+    assert len(detected) == 5
+    clean = os.path.join(root, uids[1] + "_clean.npy")
+    os.utime(clean, ns=(os.stat(clean).st_atime_ns, os.stat(clean).st_mtime_ns + 10**9))
+    run(student)
+    assert len(detected) == 6
 
 
 def test_a_frozen_teacher_proposes_what_the_initial_model_proposes_at_every_epoch(data, tmp_path):

@@ -7,6 +7,7 @@ label by MAP or k draws (em_map / em_sample). Every weak label gets its own pick
 Detection is sharded over ranks; the proposals are all-gathered and the posterior and picks
 are computed for all scans in one global order on every rank, so N ranks give exactly the
 pseudo boxes of 1 rank."""
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Optional
@@ -57,12 +58,22 @@ def scan_proposals(detector: Detector, image, weak_z: np.ndarray, threshold: flo
     return kept
 
 
+def _file_signature(path: str):
+    """(size, mtime in ns) of a file, or None where it is missing (reading it then fails)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns
+
+
 def detect_proposals(model, data_dir: str, uids: list, weak_z: dict, config, ctx: distributed.Context):
     """({uid: proposals [P, 5]} of every scan, this rank's seconds of reading, network and
     post-processing): detection sharded over ranks, proposals all-gathered. weak_z: {uid:
     the label slices whose windows keep proposals}. The model's train/eval mode is restored.
-    A model with a `proposal_cache` dict (a frozen teacher, deepem.em.teacher) keeps each
-    scan's proposals there and detects a scan again only under other settings or slices."""
+    A model with a `proposal_cache` (a frozen teacher, deepem.em.teacher.ProposalCache) keeps
+    each scan's proposals there and detects a scan again only under other settings or slices,
+    or when its preprocessed file has changed."""
     em, det = config.em, config.detect
     cache = getattr(model, "proposal_cache", None)
     training = model.training
@@ -71,8 +82,9 @@ def detect_proposals(model, data_dir: str, uids: list, weak_z: dict, config, ctx
     mine, timings = {}, {"read": 0.0, "network": 0.0, "postprocess": 0.0}
     for i in range(ctx.rank, len(uids), ctx.world):
         uid = uids[i]
-        key = (data_dir, uid, tuple(np.asarray(weak_z[uid], np.float64).tolist()), em.threshold, em.z_window,
-               em.nms_iou, det.tile, det.margin, config.run.amp)
+        key = (os.path.abspath(data_dir), uid, _file_signature(os.path.join(data_dir, uid + "_clean.npy")),
+               tuple(np.asarray(weak_z[uid], np.float64).tolist()), em.threshold, em.z_window, em.nms_iou,
+               det.tile, det.margin, det.tile_batch, det.max_memory_gb, config.run.amp)
         if cache is not None and key in cache:
             mine[uid] = cache[key]
             continue

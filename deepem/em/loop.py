@@ -101,7 +101,7 @@ def em_fit(config: cfg.TrainConfig, init: Optional[str] = None, resume: Optional
     elif trainer is None:  # EM from random weights is never what was meant
         raise FileNotFoundError("EM needs a start: no checkpoint to resume in '%s' and no init (a supervised "
                                 "checkpoint, --init)" % c.run.out)
-    teacher = Teacher(em.teacher, t.model, em.ema_decay)  # a copy of the start (or the student itself)
+    teacher = Teacher(em.teacher, t.model, em.ema_decay, em.proposal_cache)  # a copy of the start (or the student)
     if state is not None:
         teacher.load_state_dict(state["em"].get("teacher", {}))
     t.after_step.append(teacher.update)

@@ -108,6 +108,7 @@ class EMConfig:
     min_margin: float = 0.0  # ... and beats the runner-up by this; else only its band-free negatives
     teacher: str = "student"  # who runs the E-step: student (paper) | init (frozen start) | ema (weights' EMA)
     ema_decay: float = 0.999  # per optimizer step, for teacher = ema
+    proposal_cache: str = ""  # teacher = init: a folder keeping its proposals on disk for other runs from the same init
     mix: bool = False  # full and weak crops in every batch (one pass of weak_steps + full_steps)
     pseudo_regression: bool = True  # false: pseudo boxes train classification only, no box regression
     box_z_from_label: bool = False  # a pseudo box's centre z is its label's slice, not the proposal's
