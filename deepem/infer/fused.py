@@ -37,14 +37,17 @@ def available() -> bool:
                                                   "_reorder_convolution_weight"))
 
 
-def _folded(conv: nn.Conv3d, bn: Optional[nn.BatchNorm3d]):
-    """(weight, bias) of conv followed by bn in eval mode, as one convolution."""
+def _folded(conv: nn.Module, bn: Optional[nn.BatchNorm3d], out_axis: int = 0):
+    """(weight, bias) of conv followed by bn in eval mode, as one convolution; out_axis: the
+    weight's output-channel axis (0 for Conv3d, 1 for ConvTranspose3d)."""
     weight, bias = conv.weight.detach(), conv.bias.detach()
     if bn is not None:
         scale = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps)
-        weight = weight * scale.reshape(-1, 1, 1, 1, 1)
+        shape = [1] * weight.dim()
+        shape[out_axis] = -1
+        weight = weight * scale.reshape(shape)
         bias = (bias - bn.running_mean) * scale + bn.bias.detach()
-    return weight.contiguous(memory_format=CL), bias.contiguous()
+    return weight, bias.contiguous()
 
 
 class _Conv:
@@ -53,7 +56,8 @@ class _Conv:
     def __init__(self, conv: nn.Conv3d, bn: Optional[nn.BatchNorm3d] = None):
         if conv.stride != (1, 1, 1) or conv.dilation != (1, 1, 1) or conv.groups != 1:
             raise ValueError("fused inference takes stride-1, undilated, ungrouped convolutions")
-        self.weight, self.bias = _folded(conv, bn)
+        weight, self.bias = _folded(conv, bn)
+        self.weight = weight.contiguous(memory_format=CL)
         self.padding = list(conv.padding)
         self.packed = {}
 
@@ -92,9 +96,7 @@ class _Up:
 
     def __init__(self, seq: nn.Sequential):
         conv, bn = seq[0], seq[1]
-        scale = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps)
-        self.weight = conv.weight.detach() * scale.reshape(1, -1, 1, 1, 1)  # [in, out, k, k, k]
-        self.bias = (conv.bias.detach() - bn.running_mean) * scale + bn.bias.detach()
+        self.weight, self.bias = _folded(conv, bn, out_axis=1)  # weight [in, out, k, k, k]
         self.stride = conv.stride
 
     def __call__(self, x: Tensor) -> Tensor:
