@@ -233,3 +233,18 @@ def test_fused_runner_keeps_packed_weights_for_a_few_shapes_only():
         torch.testing.assert_close(out, model(x, c), atol=2e-5, rtol=1e-4)
     sizes = {len(conv.packed) for conv in runner._fused.pre + [runner._fused.head, runner._fused.out]}
     assert sizes == {fast.fused._PACKED_SHAPES}
+
+
+def test_fused_runner_and_detector_refuse_bad_input():
+    """The fused form names the shapes it cannot take as the module does; Detector names a bad
+    `fast`."""
+    if not fast.fused.available():
+        pytest.skip("this torch has no oneDNN fused convolutions")
+    runner = fast.InferenceRunner(res18_with_statistics(), "cpu", "none", fast=True)
+    with pytest.raises(ValueError, match="multiples of 16"):
+        runner(torch.zeros(1, 1, 40, 48, 48), torch.zeros(1, 3, 10, 12, 12))
+    with pytest.raises(ValueError, match="coord must be"):
+        runner(torch.zeros(1, 1, 48, 48, 48), torch.zeros(1, 3, 10, 12, 12))
+    assert runner.mode == "fused"  # a caller's error is not a reason to fall back
+    with pytest.raises(ValueError, match="fast must be"):
+        Detector(Res18(0.125), fast="yes")
