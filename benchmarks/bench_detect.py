@@ -241,6 +241,9 @@ def child(args):
     image, meta = read()
     max_tiles = None if (args.full or case == "phantom" or args.path.startswith("planned")) else args.tiles
     out, t_net, tiles_run, tiles = network_output(det, image, max_tiles)
+    t_next = None
+    if tiles_run == tiles:  # the same scan again: what each later scan of a run costs
+        t_next = network_output(det, image, None)[1]
     # logits shifted so that `candidates` anchors pass the threshold (see the docstring)
     logits = out[..., 0].reshape(-1)
     k = min(args.candidates, logits.numel() - 1)
@@ -280,7 +283,7 @@ def child(args):
             "flop_per_voxel": flop_voxel, "gflop_computed": computed / 1e9, "gflop_scan": useful / 1e9,
             "gflops_achieved": computed / 1e9 / t_net, "gflops_useful": useful / 1e9 / t_net,
             "candidates": int(k), "marks": int(len(ours_np)), "same_marks_as_deeplung_path": bool(same),
-            "seconds": {"read": t_read, "network": t_net, "postprocess": t_post, "mapping": t_map, "total": total,
+            "seconds": {"read": t_read, "network": t_net, "network_next_scan": t_next, "postprocess": t_post, "mapping": t_map, "total": total,
                         "deeplung_postprocess": t_deeplung},
             "postprocess_parts": {"decode_threshold": t_decode, "diameter_nms_cap": t_nms},
             "deeplung_parts": {"decode_all_threshold": t1 - t0, "diameter_python_nms_cap": t2 - t1},
@@ -351,13 +354,17 @@ def main(argv=None):
         old = base.get((r["case"], r["width"]))
         rows.append([r["case"], "x".join(map(str, r["shape"])), "%g" % r["width"], r["path"], r["amp_chosen"], tiles,
                      "x".join(map(str, r["tile_shape"])), "%.2f" % s["total"], "%.2f" % s["network"],
+                     "%.2f" % s["network_next_scan"] if s.get("network_next_scan") else "-",
                      "%.1fx" % (old / s["network"]) if old else "-", "%.0f" % r["gflops_achieved"],
                      "%.0f" % r["gflops_useful"], "%.0f%%" % (100 * r["gflops_achieved"] / peak) if peak else "-",
                      "%.1f" % (s["postprocess"] * 1e3), "%.2f" % s["deeplung_postprocess"],
                      "%.0f" % r["peak_rss_mb"], "yes" if r["same_marks_as_deeplung_path"] else "NO"])
-    print_table(["case", "voxels", "width", "path", "amp", "tiles", "tile", "s/scan", "network s", "x network",
+    print_table(["case", "voxels", "width", "path", "amp", "tiles", "tile", "s/scan", "network s", "next scan s", "x network",
                  "GFLOP/s", "scan GFLOP/s", "of peak", "post ms", "DeepLung post s", "peak RSS MB",
                  "same marks"], rows, left=(0, 3, 4))
+    print("network s: the first scan's network time in a fresh process (after a 16^3 warm-up); next scan s: the "
+          "same scan's again (oneDNN's primitives, the packed weights and the freed memory kept, as for each later "
+          "scan of a run; the paths timed on some tiles: -)")
     print("x network: the deeplung path's network time / this path's (same case and width, same run). GFLOP/s: "
           "the FLOPs computed (every tile voxel, %s FLOP per voxel at width 1) per second; scan GFLOP/s: those "
           "of the scan's own voxels only; of peak: GFLOP/s against an fp32 peak estimate of %s GFLOP/s for %d "

@@ -7,11 +7,13 @@ the top-k hard negatives, smooth L1 over positives).
 Then the network's step alone (forward, backward, AdamW, the weight average's update, on fixed
 crops) in the forms a run can choose, old and new side by side at the demo's (0.25 x 32^3 x 8)
 and the cpu preset's (0.25 x 48^3 x 8) settings: the old step (oneDNN's convolution backward,
-AdamW's per-tensor loop, the average updated tensor by tensor), deepem's step (the backward as
-forward convolutions, deepem.model.conv3d; fused AdamW; foreach average), and on top of it
+AdamW's per-tensor loop, the average updated tensor by tensor, glibc's malloc as it is), deepem's
+step (the backward as forward convolutions, deepem.model.conv3d; fused AdamW; foreach average;
+freed memory kept in the process, deepem.heap, as the trainer's epochs do), and on top of it
 channels_last_3d (run.channels_last), bf16 autocast where the device has it natively
 (run.amp=bf16; skipped where bf16 would be emulated), and with --compile torch.compile (its
-compile time printed).
+compile time printed). Every old form runs before any new one: deepem.heap's scope leaves the
+process's malloc keeping freed memory, which would speed the old step up too.
 
     python benchmarks/bench_train.py [--repeats 3] [--no-full] [--device cpu|cuda] [--compile] [--json PATH]
 """
@@ -21,6 +23,7 @@ import random
 import sys
 import tempfile
 import time
+from contextlib import nullcontext
 
 import numpy as np
 import torch
@@ -31,6 +34,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_anchors  # noqa: E402
 from common import fmt_ms, machine, print_table, write_json  # noqa: E402
 
+from deepem import heap  # noqa: E402
 from deepem.data import datasets  # noqa: E402
 from deepem.model import DetectionLoss, Res18  # noqa: E402
 from deepem.train.ema import WeightAverage  # noqa: E402
@@ -118,7 +122,8 @@ NETWORK_CASES = [("demo", 0.25, 32, 8), ("cpu preset", 0.25, 48, 8)]
 
 
 def network_forms(device, compile_too):
-    """(name, channels_last, amp, compiled) of the forms to time; bf16 only where native."""
+    """(name, channels_last, amp, compiled, new) of the forms to time, the old one first; bf16
+    only where native."""
     from deepem.infer.fast import resolve_amp
 
     forms = [("old step (eager fp32)", False, "none", False, False), ("deepem's step", False, "none", False, True),
@@ -172,25 +177,30 @@ def time_network(width, crop, batch, device, channels_last, amp, compiled, new, 
         if cuda:
             torch.cuda.synchronize()
 
-    t0 = time.perf_counter()
-    step()
-    first = time.perf_counter() - t0
-    times = []
-    for _ in range(repeats + 1):
+    with heap.reuse_freed_memory() if new else nullcontext():
         t0 = time.perf_counter()
         step()
-        times.append(time.perf_counter() - t0)
+        first = time.perf_counter() - t0
+        times = []
+        for _ in range(repeats + 1):
+            t0 = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - t0)
     return float(np.median(times[1:])), first
 
 
 def network_table(device, repeats, compile_too):
+    forms = network_forms(device, compile_too)
+    runs = [(case, form) for new in (False, True) for case in NETWORK_CASES for form in forms if form[4] == new]
+    timed = {}
+    for (name, width, crop, batch), (form, cl, amp, compiled, new) in runs:  # the old forms first (see the docstring)
+        timed[name, form] = time_network(width, crop, batch, device, cl, amp, compiled, new, repeats)
     results = []
     for name, width, crop, batch in NETWORK_CASES:
-        old = None
-        for form, cl, amp, compiled, new in network_forms(device, compile_too):
-            sec, first = time_network(width, crop, batch, device, cl, amp, compiled, new, repeats)
-            old = old or sec
-            results.append({"case": name, "width": width, "crop": crop, "batch": batch, "form": form,
+        old = timed[name, forms[0][0]][0]
+        for form in forms:
+            sec, first = timed[name, form[0]]
+            results.append({"case": name, "width": width, "crop": crop, "batch": batch, "form": form[0],
                             "step_s": sec, "first_call_s": first, "crops_per_s": batch / sec,
                             "speedup_vs_old": old / sec})
     rows = [[r["case"], "%g x %d^3 x %d" % (r["width"], r["crop"], r["batch"]), r["form"], fmt_ms(r["step_s"]),

@@ -15,6 +15,7 @@ import torch
 
 from ..data.datasets import PAD_VALUE, SplitComb, coord_map, extract
 from ..model.res18 import MAX_STRIDE, STRIDE
+from .. import heap
 
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -66,6 +67,11 @@ def stitched_output(model, image, sc, tile_batch=1, device="cpu", amp="none", on
     if tile_batch < 1:
         raise ValueError("tile_batch must be >= 1, got %r" % (tile_batch,))
     device = torch.device(device)
+    with heap.reuse_freed_memory() if device.type == "cpu" else nullcontext():
+        return _stitched_output(model, image, sc, tile_batch, device, amp, on_tile)
+
+
+def _stitched_output(model, image, sc, tile_batch, device, amp, on_tile):
     shape, grid = tuple(image.shape), sc.grid(image.shape)
     starts = sc.starts(shape)
     out = None

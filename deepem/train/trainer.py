@@ -10,6 +10,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from .. import heap
 from ..data import datasets, splits
 from ..data.atomic import atomic_write, remove_stale_temps
 from ..model import DetectionLoss, Res18
@@ -170,24 +171,25 @@ class Trainer:
         loader = self.loader(dataset, epoch, steps, stream)
         sums, count, t0 = {}, 0, time.perf_counter()
         bar = self._bar(len(loader), "%s %d" % (tag, epoch))
-        for step, batch in enumerate(loader):
-            lr = lr_at(c, epoch) * warmup_factor(c, self.steps)
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
-            parts = self.train_step(batch, epoch, step + 100003 * stream, weighted)
-            self.steps += 1
-            for k, v in parts.items():
-                if isinstance(v, float) and math.isnan(v):
-                    continue
-                sums[k] = sums.get(k, 0.0) + v
-            count += 1
-            crops_per_s = count * c.optim.batch_size / (time.perf_counter() - t0)
-            if bar is not None:
-                bar.set_postfix(loss="%.3f" % parts["loss"], crops_s="%.1f" % crops_per_s)
-                bar.update()
-            if (step + 1) % c.run.log_every == 0:
-                self.log({"kind": "step", "tag": tag, "epoch": epoch, "step": step + 1, "lr": lr,
-                          "crops_per_s": crops_per_s, **parts})
+        with heap.reuse_freed_memory():  # no page faults for memory freed by the last step
+            for step, batch in enumerate(loader):
+                lr = lr_at(c, epoch) * warmup_factor(c, self.steps)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
+                parts = self.train_step(batch, epoch, step + 100003 * stream, weighted)
+                self.steps += 1
+                for k, v in parts.items():
+                    if isinstance(v, float) and math.isnan(v):
+                        continue
+                    sums[k] = sums.get(k, 0.0) + v
+                count += 1
+                crops_per_s = count * c.optim.batch_size / (time.perf_counter() - t0)
+                if bar is not None:
+                    bar.set_postfix(loss="%.3f" % parts["loss"], crops_s="%.1f" % crops_per_s)
+                    bar.update()
+                if (step + 1) % c.run.log_every == 0:
+                    self.log({"kind": "step", "tag": tag, "epoch": epoch, "step": step + 1, "lr": lr,
+                              "crops_per_s": crops_per_s, **parts})
         if bar is not None:
             bar.close()
         means = {k: distributed.mean(v / max(count, 1), self.ctx) for k, v in sums.items()}
