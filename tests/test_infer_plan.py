@@ -248,3 +248,16 @@ def test_fused_runner_and_detector_refuse_bad_input():
     assert runner.mode == "fused"  # a caller's error is not a reason to fall back
     with pytest.raises(ValueError, match="fast must be"):
         Detector(Res18(0.125), fast="yes")
+
+
+@pytest.mark.parametrize("shape", [(1, 6, 2, 2, 2), (2, 6, 8, 4, 6), (1, 16, 16, 32, 48), (1, 1, 4, 2, 8)])
+def test_fused_max_pool_equals_max_pool3d_with_ties_and_nan(shape):
+    x = torch.randint(-3, 4, shape).float()  # small integers: many ties
+    x.view(-1)[:: 7] = float("nan")
+    x.view(-1)[3:: 11] = -float("inf")
+    for layout in (torch.channels_last_3d, torch.contiguous_format):
+        xl = x.contiguous(memory_format=layout)
+        out = fast.fused._max_pool2(xl)
+        torch.testing.assert_close(out, torch.nn.functional.max_pool3d(xl, 2, 2), equal_nan=True, rtol=0, atol=0)
+    assert fast.fused._max_pool2(x.contiguous(memory_format=torch.channels_last_3d)).is_contiguous(
+        memory_format=torch.channels_last_3d)
