@@ -11,7 +11,8 @@ pytest.importorskip("scipy")
 pytest.importorskip("SimpleITK")
 
 from deepem.data import io, phantom, tables
-from deepem.data.phantom import anatomy
+from deepem.data.phantom import anatomy, vessels
+from reference_vessels import grow_tree_numpy
 
 SMALL = (20, 64, 64)  # a small window: fast
 
@@ -25,6 +26,29 @@ def test_scan_is_deterministic_by_seed():
     assert a.origin == b.origin and a.spacing == b.spacing
     np.testing.assert_array_equal(info_a["nodules"], info_b["nodules"])
     assert not np.array_equal(a.array, c.array) and not np.array_equal(a.array, d.array)
+
+
+@pytest.mark.parametrize("case", range(12))
+def test_vessel_tree_equals_the_numpy_reference_bit_for_bit(case):
+    """grow_tree's Python-float arithmetic gives numpy's tree exactly: territories of 1 to 2000
+    points, with and without a window (subtrees skipped), a lung's real territory too."""
+    rng = np.random.default_rng(case)
+    if case == 0:
+        chest = anatomy.draw_chest(rng)
+        territory = vessels.lung_points(rng, chest, chest.lungs[0], 500)
+    else:
+        n = [1, 2, 3, 17, 2000][case % 5]
+        territory = rng.uniform(-80, 80, (n, 3)) * rng.uniform(0.2, 1.5, 3)
+    window = None
+    if case % 2:
+        centre, half = rng.uniform(-50, 50, 3), rng.uniform(5, 60, 3)
+        window = (centre - half, centre + half)
+    root, direction, seed = rng.uniform(-20, 20, 3), rng.normal(size=3), int(rng.integers(1 << 30))
+    got = vessels.grow_tree(np.random.default_rng(seed), root, direction, 5.0, territory, window=window)
+    want = grow_tree_numpy(np.random.default_rng(seed), root, direction, 5.0, territory, window=window)
+    for field in ("points", "radii", "branch", "starts", "ends", "radius", "depth"):
+        a, b = getattr(got, field), getattr(want, field)
+        assert a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes(), field
 
 
 def test_nodule_statistics_like_luna16():

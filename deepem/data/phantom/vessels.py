@@ -8,6 +8,7 @@ Bezier curves that leave in their parent's direction (smooth junctions) and bend
 target; the last ones taper to the points themselves, so vessels reach the pleura. Airways run
 beside the arteries (bronchovascular bundles) down to about 2 mm, with walls.
 """
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,6 +16,7 @@ import numpy as np
 from .anatomy import Chest, Lung, lung_bounds, lung_sdf
 
 VESSEL_HU = 40.0
+_AXIS_START = np.array([1.0, 0.7, 0.4])
 
 
 @dataclass
@@ -43,47 +45,70 @@ def grow_tree(rng, root, direction, r0, territory, r_tip=0.25, bend=0.25, window
     """Grows one tree from `root` (mm) heading along `direction` with radius r0 into the
     territory points [N, 3]; returns a Tree. With `window` (lo, hi) mm, subtrees that cannot
     reach the window (their start and territory lie outside it, `margin` mm apart) are not
-    grown: a field of view gets the vessels it would show of the whole tree, only faster."""
+    grown: a field of view gets the vessels it would show of the whole tree, only faster.
+
+    The 3-vector arithmetic runs on Python floats (numpy's per-call overhead was most of the
+    time): the same IEEE operations in the same order as numpy's, so the same tree bit for bit
+    (tests/test_data_phantom.py); sums, products and sorts over a territory stay numpy's."""
     P0, P1, P2, R0, R1, depth = [], [], [], [], [], []
     heading0 = np.asarray(direction, float) / np.linalg.norm(direction)
-    stack = [(np.asarray(root, float), heading0, float(r0), np.arange(len(territory)), 0)]
+    stack = [(_floats(root), heading0.tolist(), float(r0), np.arange(len(territory)), 0)]
     noise = rng.normal(size=(2 * len(territory) + 2, 3))  # one draw for every branch's bend
     fracs = rng.uniform(size=(2 * len(territory) + 2, 2))
+    noise_rows, frac_rows, point_rows = noise.tolist(), fracs.tolist(), np.asarray(territory, float).tolist()
+    if window is not None:
+        w_lo, w_hi = _floats(window[0]), _floats(window[1])
     while stack:
         start, heading, r, idx, gen = stack.pop()
         b = len(P0)
-        own = territory[idx]
-        if window is not None:
-            lo = np.minimum(own.min(0), start) - margin - r
-            hi = np.maximum(own.max(0), start) + margin + r
-            if (hi < window[0]).any() or (lo > window[1]).any():
-                continue
         leaf = len(idx) == 1
-        centre = own.sum(0) / len(own)  # own.mean(0), bit for bit, without its per-call overhead
-        span = centre - start
-        end = centre if leaf else start + span * (0.3 + 0.2 * fracs[b, 0])
-        length = float(np.sqrt(((end - start) ** 2).sum()))
+        own = None if leaf else territory[idx]
+        if window is not None:
+            # own.min(0) and own.max(0); of a single point, the point
+            low, high = (point_rows[idx[0]],) * 2 if leaf else (own.min(0).tolist(), own.max(0).tolist())
+            if any(max(h, s) + margin + r < w for h, s, w in zip(high, start, w_lo)) or \
+                    any(min(l, s) - margin - r > w for l, s, w in zip(low, start, w_hi)):
+                continue
+        if leaf:  # own.sum(0) / 1 of a single point: the point
+            end = centre = point_rows[idx[0]]
+        else:
+            centre = (own.sum(0) / len(own)).tolist()
+            f = 0.3 + 0.2 * frac_rows[b][0]
+            end = [s + (c - s) * f for s, c in zip(start, centre)]
+        chord = [e - s for e, s in zip(end, start)]
+        length = math.sqrt(_dot(chord, chord))
         if length < 1e-6:
             continue
         # Leave along the parent's heading, then bend towards the target: a smooth junction.
-        ctrl = 0.5 * (start + heading * length * 0.5) + 0.25 * (start + end) + noise[b] * length * bend * 0.2
+        ctrl = [0.5 * (s + h * length * 0.5) + 0.25 * (s + e) + n * length * bend * 0.2
+                for s, h, e, n in zip(start, heading, end, noise_rows[b])]
         P0.append(start), P1.append(ctrl), P2.append(end), R0.append(r), R1.append(r_tip if leaf else r)
         depth.append(gen)
         if leaf:
             continue
-        tangent = end - ctrl
-        tangent = tangent / max(float(np.sqrt((tangent**2).sum())), 1e-9)
-        c = own - centre
+        tangent = [e - c for e, c in zip(end, ctrl)]
+        norm = max(math.sqrt(_dot(tangent, tangent)), 1e-9)
+        tangent = [t / norm for t in tangent]
+        c = own - np.asarray(centre)
         m = c.T @ c
-        axis = m @ (m @ (m @ (np.array([1.0, 0.7, 0.4]) + noise[b] * 0.1)))  # power iteration: longest extent
+        axis = m @ (m @ (m @ (_AXIS_START + noise[b] * 0.1)))  # power iteration: longest extent
         order = np.argsort(c @ axis, kind="stable")
-        cut = min(max(int(round(len(idx) * (0.35 + 0.3 * fracs[b, 1]))), 1), len(idx) - 1)
+        cut = min(max(int(round(len(idx) * (0.35 + 0.3 * frac_rows[b][1]))), 1), len(idx) - 1)
         for half in (order[:cut], order[cut:]):
             stack.append((end, tangent, r * (len(half) / len(idx)) ** (1.0 / 3.0), idx[half], gen + 1))
     P0, P1, P2 = (np.asarray(a, dtype=np.float64).reshape(-1, 3) for a in (P0, P1, P2))
     R0, R1 = np.asarray(R0, dtype=np.float64), np.asarray(R1, dtype=np.float64)
     points, radii, branch = sample_curves(P0, P1, P2, R0, R1)
     return Tree(points, radii, branch, P0, P2, R0, np.asarray(depth))
+
+
+def _floats(v):
+    return [float(x) for x in np.asarray(v, dtype=np.float64).reshape(3)]
+
+
+def _dot(a, b):
+    """(a * b).sum() of two 3-vectors as numpy sums three numbers: (a0 b0 + a1 b1) + a2 b2."""
+    return a[0] * b[0] + a[1] * b[1] + a[2] * b[2]
 
 
 def sample_curves(p0, p1, p2, r0, r1, step_of_r=0.6, min_step=0.35, max_step=1.2):
