@@ -142,6 +142,33 @@ def test_convex_hull_refine_fills_notches_only_when_small():
     assert d.sum() > m[0].sum() and d[0, 2, 20] and not d[0, 1, 20]
 
 
+def test_hull_slice_is_every_pixel_centre_inside_every_hull_facet():
+    """The slice's hull, facet by facet, against all facets tested at once per pixel (the
+    plain formula), on random blobs with notches and on a one-pixel-wide line."""
+    from scipy.spatial import ConvexHull
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:90, :100]
+    for k in range(25):
+        cy, cx, ay, ax = *rng.uniform(30, 60, 2), *rng.uniform(3, 35, 2)
+        m = ((yy - cy) / ay) ** 2 + ((xx - cx) / ax) ** 2 + 0.4 * np.sin(xx / rng.uniform(2, 9)) < 1
+        if k == 0:
+            m = np.zeros_like(m)
+            m[40, 10:60] = True  # a one-pixel line: its hull is the line itself
+        if not m.any():
+            continue
+        ys, xs = np.nonzero(m)
+        edge = np.stack([ys, xs], 1)
+        corners = np.array([[-0.5, -0.5], [-0.5, 0.5], [0.5, -0.5], [0.5, 0.5]])
+        got = lung_mask._hull_slice(m)
+        if k == 0:
+            np.testing.assert_array_equal(got, m)
+            continue
+        eq = ConvexHull((edge[:, None, :] + corners[None]).reshape(-1, 2)).equations
+        inside = np.all(yy[..., None] * eq[:, 0] + xx[..., None] * eq[:, 1] + eq[:, 2] <= 1e-9, axis=-1)
+        np.testing.assert_array_equal(got, inside | m)
+
+
 @pytest.fixture
 def luna(tmp_path):
     """Four scans: two good, one with a truncated .raw, one with no lungs; plus one listed
