@@ -1,7 +1,7 @@
 """Whole-scan detection benchmark: seconds per scan split into reading, network, post-processing
 (decode + threshold + NMS) and mapping to world mm, with peak memory, for two paths side by side:
-'deeplung' (DeepLung's 144-voxel tiles with 32-voxel margins, the module as it is: deepem's path
-before issue 33), 'planned_torchscript' (the fewest tiles that fit memory, a 16-voxel border,
+'deeplung' (DeepLung's 144-voxel tiles with 32-voxel margins, the module as it is, glibc's
+malloc as it is: deepem's path before issue 33), 'planned_torchscript' (the fewest tiles that fit memory, a 16-voxel border,
 the network as TorchScript's frozen graph: deepem's default before the fused path) and
 'planned' (deepem's default: the same tiles, the network as oneDNN's fused convolutions in
 channels_last_3d, deepem.infer.fused), with the network's achieved
@@ -336,7 +336,9 @@ def main(argv=None):
                    "--device", args.device, "--amp", args.amp] + (["--full"] if args.full else []) \
                 + (["--threads", str(args.threads)] if args.threads else [])
             t0 = time.perf_counter()
-            done = subprocess.run(cmd, capture_output=True, text=True)
+            # the path before issue 33 ran without deepem.heap: its freed memory went back to the kernel
+            env = dict(os.environ, **({"DEEPEM_KEEP_FREED_MEMORY": "0"} if path == "deeplung" else {}))
+            done = subprocess.run(cmd, capture_output=True, text=True, env=env)
             if done.returncode:
                 sys.stderr.write(done.stderr)
                 raise SystemExit("bench_detect: the %s / width %g / %s run failed" % (case, width, path))

@@ -14,9 +14,10 @@ mmap threshold) but glibc trimmed and regrew its heap between them: the demo's s
 again (the largest threshold glibc's own dynamic rule reaches) and what the heap holds stays
 for the next detection; `release_freed_memory()` gives it back. PyTorch's CPU tuning guide gets
 the same from jemalloc or tcmalloc by LD_PRELOAD; this needs no preload. Where the C library
-is not glibc it does nothing.
+is not glibc, or the environment says DEEPEM_KEEP_FREED_MEMORY=0, it does nothing.
 """
 import ctypes
+import os
 import platform
 import threading
 from contextlib import contextmanager
@@ -31,6 +32,8 @@ _depth = 0
 
 
 def _glibc():
+    if os.environ.get("DEEPEM_KEEP_FREED_MEMORY", "1") == "0":
+        return None
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return None
     try:
@@ -44,7 +47,7 @@ _LIBC = _glibc()
 
 
 def available() -> bool:
-    """Whether reuse_freed_memory() changes anything here (glibc's malloc)."""
+    """Whether reuse_freed_memory() changes anything here (glibc's malloc, not switched off)."""
     return _LIBC is not None
 
 

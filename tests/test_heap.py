@@ -1,5 +1,5 @@
-"""deepem.heap: freed memory kept inside the scope and after it (no page faults for a block
-allocated again) until release_freed_memory() gives it back."""
+"""deepem.heap: freed memory kept inside the scope (no page faults for a block allocated again)
+until release_freed_memory() gives it back; DEEPEM_KEEP_FREED_MEMORY=0 switches it off."""
 import resource
 
 import pytest
@@ -40,7 +40,6 @@ def test_freed_blocks_are_reused_inside_and_given_back_outside():
         assert faults_of_a_block() < PAGES // 10
         assert faults_of_a_block() < PAGES // 10
     assert heap._depth == 0
-    assert faults_of_a_block() < PAGES // 10  # what the heap holds serves later blocks too
     heap.release_freed_memory()
     if not transparent_huge_pages_always():  # huge pages fault 512x less: nothing to count
         assert faults_of_a_block() > PAGES // 2  # given back: faulted in again, page by page
@@ -51,3 +50,13 @@ def test_the_scope_is_left_cleanly_on_an_error():
         with heap.reuse_freed_memory():
             raise RuntimeError("inside")
     assert heap._depth == 0
+
+
+def test_the_environment_switches_it_off():
+    import subprocess
+    import sys
+
+    code = "from deepem import heap; print(heap.available())"
+    env = dict(__import__("os").environ, DEEPEM_KEEP_FREED_MEMORY="0")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
