@@ -66,9 +66,8 @@ def stitched_output(model, image, sc, tile_batch=1, device="cpu", amp="none", on
         raise ValueError("image must be a 3D (z, y, x) volume, got shape %s" % (tuple(image.shape),))
     if tile_batch < 1:
         raise ValueError("tile_batch must be >= 1, got %r" % (tile_batch,))
-    device = torch.device(device)
-    with heap.reuse_freed_memory() if device.type == "cpu" else nullcontext():
-        return _stitched_output(model, image, sc, tile_batch, device, amp, on_tile)
+    with heap.reuse_freed_memory():  # host memory only: on CUDA it keeps the input's buffers
+        return _stitched_output(model, image, sc, tile_batch, torch.device(device), amp, on_tile)
 
 
 def _stitched_output(model, image, sc, tile_batch, device, amp, on_tile):
