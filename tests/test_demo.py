@@ -47,6 +47,7 @@ def test_results_contract(demo):
     assert results["seconds_total"] > 0
     for name in ("results.md", "froc.png"):
         assert (out / name).stat().st_size > 0
+    assert "**Quick setting**" in (out / "results.md").read_text()  # its CPMs mean nothing: it says so
     assert "DeepEM sampling" in r.stdout
     assert len(list((out / "deepem_map" / "pseudo_boxes").glob("epoch_*.csv"))) == 1
 
@@ -327,3 +328,12 @@ def test_the_table_is_wired_to_each_rows_marks(demo, tmp_path, monkeypatch):
     assert table["baseline_rerun"]["gap_closed"] == 0.0
     text = results_md(table)
     assert "| DeepEM MAP + remedies [1] |" in text and "[1] Not validation-selected" in text
+
+
+def test_only_the_quick_setting_is_called_quick():
+    from dataclasses import asdict, replace
+
+    assert demo_module.is_quick(asdict(demo_module.QUICK))
+    assert demo_module.is_quick(asdict(replace(demo_module.QUICK, em_options=())))  # --paper --quick too
+    assert not demo_module.is_quick(asdict(demo_module.DEFAULT))
+    assert "Quick setting" not in results_md({m: {"cpm": 0.5, "sensitivity": [0.5] * 7} for m in demo_module.METHODS})
