@@ -6,8 +6,8 @@
 
 namespace {
 
-// Ops whose name starts with '_' are internal (test entries and backward passes); only the
-// backward passes have CUDA kernels, and they are reached through their forward op.
+// Ops whose name starts with '_' are internal (test entries, backward passes, the CPU training
+// convolution); only the backward passes have CUDA kernels, reached through their forward op.
 constexpr const char* kSchemas[] = {
     "box_iou3d(Tensor boxes1, Tensor boxes2) -> Tensor",
     "nms3d(Tensor boxes, Tensor scores, float iou_threshold) -> Tensor",
@@ -69,6 +69,10 @@ constexpr const char* kSchemas[] = {
     "int sampling_ratio, bool aligned, Tensor grad_output) -> (Tensor, Tensor)",
     "_roi_pool3d_emulated(Tensor input, Tensor rois, int[3] output_size, float spatial_scale) "
     "-> (Tensor, Tensor)",
+    // CPU-only training kernels of deepem.model.conv3d: a 3^3, stride-1, padding-1 float32
+    // convolution with few channels and its weight gradient (CUDA tensors take cuDNN there).
+    "_conv3d_small(Tensor input, Tensor weight, Tensor? bias) -> Tensor",
+    "_conv3d_small_weight_grad(Tensor input, Tensor grad_output) -> Tensor",
 };
 
 }  // namespace

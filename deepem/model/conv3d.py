@@ -19,12 +19,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..ops import conv3d_small as small
+
 
 class _ConvGradAsForward(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, bias, padding: int) -> Tensor:
         ctx.save_for_backward(x, weight)
         ctx.padding, ctx.has_bias = padding, bias is not None
+        if padding == 1 and small.applies(x, weight):
+            return small.conv3d_small(x, weight, bias)
         return F.conv3d(x, weight, bias, padding=padding)
 
     @staticmethod
@@ -32,9 +36,16 @@ class _ConvGradAsForward(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         p, k = ctx.padding, weight.shape[2]
         grad_input = grad_weight = grad_bias = None
+        narrow = p == 1 and small.applies(x, weight)  # the same choice as forward
+        if narrow:
+            grad = grad.contiguous()
         if ctx.needs_input_grad[0]:
-            grad_input = F.conv3d(grad, weight.flip(2, 3, 4).transpose(0, 1), padding=k - 1 - p)
-        if ctx.needs_input_grad[1]:
+            flipped = weight.flip(2, 3, 4).transpose(0, 1)
+            grad_input = (small.conv3d_small(grad, flipped.contiguous()) if narrow
+                          else F.conv3d(grad, flipped, padding=k - 1 - p))
+        if narrow and ctx.needs_input_grad[1]:
+            grad_weight = small.conv3d_small_weight_grad(x, grad)
+        elif ctx.needs_input_grad[1]:
             # grad_weight[o, i] = sum over batch b and voxels n of grad[b, o, n] * x_padded[b, i, n + offset]
             x_padded = F.pad(x, (p,) * 6) if p else x
             grad_weight = F.conv3d(x_padded.transpose(0, 1), grad.transpose(0, 1)).transpose(0, 1)
