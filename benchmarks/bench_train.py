@@ -152,7 +152,7 @@ def time_network(width, crop, batch, device, channels_last, amp, compiled, new, 
     weight average) and the seconds the first call took (compilation, oneDNN primitive creation).
     new: deepem's step (Res18's default backward, fused AdamW, ema_update); else the old one."""
     torch.manual_seed(0)
-    net = Res18(width, dropout=0.0, grad_as_forward=new).to(device)
+    net = Res18(width, dropout=0.0, cpu_kernels=new).to(device)
     image = torch.randn(batch, 1, crop, crop, crop, device=device)
     coord = torch.randn(batch, 3, crop // 4, crop // 4, crop // 4, device=device)
     if channels_last:

@@ -7,7 +7,8 @@
 namespace {
 
 // Ops whose name starts with '_' are internal (test entries, backward passes, the CPU training
-// convolution); only the backward passes have CUDA kernels, reached through their forward op.
+// convolution, batch norm and pooling); only the backward passes have CUDA kernels, reached through their
+// forward op.
 constexpr const char* kSchemas[] = {
     "box_iou3d(Tensor boxes1, Tensor boxes2) -> Tensor",
     "nms3d(Tensor boxes, Tensor scores, float iou_threshold) -> Tensor",
@@ -73,6 +74,14 @@ constexpr const char* kSchemas[] = {
     // convolution with few channels and its weight gradient (CUDA tensors take cuDNN there).
     "_conv3d_small(Tensor input, Tensor weight, Tensor? bias) -> Tensor",
     "_conv3d_small_weight_grad(Tensor input, Tensor grad_output) -> Tensor",
+    // CPU-only training batch norm of deepem.model.batch_norm (batch statistics of float32
+    // NCDHW volumes; var_unbiased for the running variance).
+    "_batch_norm3d_train(Tensor input, Tensor? weight, Tensor? bias, float eps) "
+    "-> (Tensor output, Tensor mean, Tensor invstd, Tensor var_unbiased)",
+    "_batch_norm3d_train_backward(Tensor grad_output, Tensor input, Tensor? weight, Tensor mean, "
+    "Tensor invstd, bool[3] output_mask) -> (Tensor, Tensor, Tensor)",
+    // CPU-only training max pooling of deepem.model.pool: 2x2x2, stride 2, torch's indices.
+    "_max_pool3d_2x(Tensor input) -> (Tensor output, Tensor indices)",
 };
 
 }  // namespace

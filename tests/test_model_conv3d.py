@@ -71,7 +71,7 @@ def test_gradcheck_float64(padding):
 @pytest.mark.parametrize("context", ["no_grad", "autocast", "frozen_weight", "off"])
 def test_plain_path_where_the_fast_one_does_not_apply(context):
     torch.manual_seed(0)
-    conv = Conv3d(3, 4, 3, padding=1, grad_as_forward=context != "off")
+    conv = Conv3d(3, 4, 3, padding=1, cpu_kernels=context != "off")
     plain = torch.nn.Conv3d(3, 4, 3, padding=1)
     plain.load_state_dict(conv.state_dict())
     x = torch.randn(1, 3, 6, 6, 6, requires_grad=True)
@@ -91,7 +91,7 @@ def test_plain_path_where_the_fast_one_does_not_apply(context):
 
 
 def test_checkpoints_are_nn_conv3d_checkpoints():
-    fast, native = Res18(width=0.25), Res18(width=0.25, grad_as_forward=False)
+    fast, native = Res18(width=0.25), Res18(width=0.25, cpu_kernels=False)
     assert list(fast.state_dict()) == list(native.state_dict())
     native.load_state_dict(fast.state_dict())
     assert all(isinstance(m, torch.nn.Conv3d) for m in fast.modules() if isinstance(m, Conv3d))
@@ -99,7 +99,7 @@ def test_checkpoints_are_nn_conv3d_checkpoints():
 
 def test_res18_training_gradients_equal_onednn_backward():
     torch.manual_seed(0)
-    fast, native = Res18(width=0.25, dropout=0.0), Res18(width=0.25, dropout=0.0, grad_as_forward=False)
+    fast, native = Res18(width=0.25, dropout=0.0), Res18(width=0.25, dropout=0.0, cpu_kernels=False)
     native.load_state_dict(fast.state_dict())
     x, coord = torch.rand(2, 1, 32, 32, 32), torch.rand(2, 3, 8, 8, 8)
     target = torch.randn(2, 8, 8, 8, 3, 5)
@@ -118,7 +118,7 @@ def test_channels_last_and_torch_compile_give_onednn_gradients(form):
     backward in the same layout: the layout alone moves gradients by ~1% here, in both);
     torch.compile traces the autograd.Function whole (fullgraph)."""
     torch.manual_seed(0)
-    fast, native = Res18(width=0.125, dropout=0.0), Res18(width=0.125, dropout=0.0, grad_as_forward=False)
+    fast, native = Res18(width=0.125, dropout=0.0), Res18(width=0.125, dropout=0.0, cpu_kernels=False)
     native.load_state_dict(fast.state_dict())
     x, coord = torch.rand(2, 1, 32, 32, 32), torch.rand(2, 3, 8, 8, 8)
     target = torch.randn(2, 8, 8, 8, 3, 5)

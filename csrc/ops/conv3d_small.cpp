@@ -7,6 +7,7 @@
 #include <torch/library.h>
 
 #include "checks.h"
+#include "cpu/avx2.h"
 
 namespace deepem {
 namespace {
@@ -39,7 +40,7 @@ at::Tensor conv3d_small_cpu(const at::Tensor& input, const at::Tensor& weight, c
                  ": argument 'bias' must be a float32 CPU tensor, got ", bias->scalar_type(), " on ",
                  bias->device());
   }
-  if (!conv3d_small_supported()) return at::conv3d(input, weight, bias, 1, 1);
+  if (!avx2_fma_supported()) return at::conv3d(input, weight, bias, 1, 1);
   const at::Tensor x = input.contiguous(), w = weight.contiguous();
   const at::Tensor b = bias ? bias->contiguous() : at::Tensor();
   at::Tensor out = at::empty({x.size(0), O, x.size(2), x.size(3), x.size(4)}, x.options());
@@ -60,7 +61,7 @@ at::Tensor conv3d_small_weight_grad_cpu(const at::Tensor& input, const at::Tenso
                op, ": argument 'grad_output' must have the batch size and volume of 'input' ", input.sizes(),
                " (a padding-1 3^3 convolution keeps the volume), got ", grad_output.sizes());
   const int64_t O = grad_output.size(1), I = input.size(1);
-  if (!conv3d_small_supported()) {
+  if (!avx2_fma_supported()) {
     const at::Tensor weight = at::empty({O, I, 3, 3, 3}, input.options());
     return std::get<1>(at::convolution_backward(grad_output, input, weight, c10::nullopt, {1, 1, 1}, {1, 1, 1},
                                                 {1, 1, 1}, false, {0, 0, 0}, 1, {false, true, false}));

@@ -5,9 +5,6 @@
 
 namespace deepem {
 
-// Whether this CPU runs the kernels (AVX2 + FMA on x86-64).
-bool conv3d_small_supported();
-
 // output[B, O, D, H, W] = conv(input[B, I, D, H, W], weight[O, I, 3, 3, 3]) + bias[O] (bias may be null).
 void conv3d_small_forward_cpu_kernel(const float* input, const float* weight, const float* bias, float* output,
                                      int64_t B, int64_t I, int64_t O, int64_t D, int64_t H, int64_t W);

@@ -8,6 +8,8 @@ and 43-50 ms backward; the same gradients computed as forward convolutions take 
                          with grad_out's batch as the channels and the whole volume as kernel).
 Both are the textbook identities of a stride-1 convolution; oneDNN runs them through its well
 tuned forward kernels (benchmarks/bench_train.py, benchmarks/results/train-network-cpu-2core.txt).
+Layers of at most 8 channels (the full-resolution ones) go further: forward, input gradient and
+weight gradient run in deepem's own AVX2 kernels (deepem.ops.conv3d_small), 2-4x oneDNN there.
 
 The results equal oneDNN's backward up to float rounding (tests/test_model_conv3d.py, against
 float64). The fast path is taken only where it is measured to help: CPU, float32/64 outside
@@ -55,16 +57,16 @@ class _ConvGradAsForward(torch.autograd.Function):
 
 
 class Conv3d(nn.Conv3d):
-    """nn.Conv3d (cubic kernel, stride 1, same padding on every side) with the CPU backward
-    above. grad_as_forward=False keeps oneDNN's backward (the benchmarks' baseline)."""
+    """nn.Conv3d (cubic kernel, stride 1, same padding on every side) with the CPU training
+    path above. cpu_kernels=False keeps oneDNN's (the benchmarks' baseline)."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, padding: int = 0,
-                 grad_as_forward: bool = True):
+                 cpu_kernels: bool = True):
         super().__init__(in_channels, out_channels, kernel_size, padding=padding)
-        self.grad_as_forward = grad_as_forward
+        self.cpu_kernels = cpu_kernels
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.grad_as_forward and _fast_backward_applies(x, self.weight):
+        if self.cpu_kernels and _fast_backward_applies(x, self.weight):
             return _ConvGradAsForward.apply(x, self.weight, self.bias, self.padding[0])
         return super().forward(x)
 

@@ -14,7 +14,9 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
+from .batch_norm import BatchNorm3d
 from .conv3d import Conv3d
+from .pool import MaxPool3d2x
 
 STRIDE = 4  # output cell size in input voxels
 MAX_STRIDE = 16  # input sides must be multiples of this (four 2x poolings)
@@ -24,16 +26,16 @@ COORD_CHANNELS = 3
 class ResBlock(nn.Module):
     """conv3-BN-ReLU-conv3-BN plus a shortcut (1x1 conv + BN when channels change), ReLU."""
 
-    def __init__(self, n_in: int, n_out: int, grad_as_forward: bool = True):
+    def __init__(self, n_in: int, n_out: int, cpu_kernels: bool = True):
         super().__init__()
-        self.conv1 = Conv3d(n_in, n_out, 3, padding=1, grad_as_forward=grad_as_forward)
-        self.bn1 = nn.BatchNorm3d(n_out)
-        self.conv2 = Conv3d(n_out, n_out, 3, padding=1, grad_as_forward=grad_as_forward)
-        self.bn2 = nn.BatchNorm3d(n_out)
+        self.conv1 = Conv3d(n_in, n_out, 3, padding=1, cpu_kernels=cpu_kernels)
+        self.bn1 = BatchNorm3d(n_out, cpu_kernels=cpu_kernels)
+        self.conv2 = Conv3d(n_out, n_out, 3, padding=1, cpu_kernels=cpu_kernels)
+        self.bn2 = BatchNorm3d(n_out, cpu_kernels=cpu_kernels)
         self.relu = nn.ReLU(inplace=True)
         self.shortcut = None
         if n_in != n_out:
-            self.shortcut = nn.Sequential(nn.Conv3d(n_in, n_out, 1), nn.BatchNorm3d(n_out))
+            self.shortcut = nn.Sequential(nn.Conv3d(n_in, n_out, 1), BatchNorm3d(n_out, cpu_kernels=cpu_kernels))
 
     def forward(self, x: Tensor) -> Tensor:
         residual = x if self.shortcut is None else self.shortcut(x)
@@ -42,13 +44,13 @@ class ResBlock(nn.Module):
         return self.relu(out + residual)
 
 
-def _stage(n_in: int, n_out: int, blocks: int, grad_as_forward: bool) -> nn.Sequential:
-    return nn.Sequential(*[ResBlock(n_in if i == 0 else n_out, n_out, grad_as_forward) for i in range(blocks)])
+def _stage(n_in: int, n_out: int, blocks: int, cpu_kernels: bool) -> nn.Sequential:
+    return nn.Sequential(*[ResBlock(n_in if i == 0 else n_out, n_out, cpu_kernels) for i in range(blocks)])
 
 
-def _up(channels: int) -> nn.Sequential:
+def _up(channels: int, cpu_kernels: bool) -> nn.Sequential:
     return nn.Sequential(nn.ConvTranspose3d(channels, channels, 2, stride=2),
-                         nn.BatchNorm3d(channels), nn.ReLU(inplace=True))
+                         BatchNorm3d(channels, cpu_kernels=cpu_kernels), nn.ReLU(inplace=True))
 
 
 class Res18(nn.Module):
@@ -58,8 +60,10 @@ class Res18(nn.Module):
         width: multiplier of every feature channel count (1 = DeepLung; 0.25 for CPU training).
         num_anchors: anchor sizes per output cell (DeepLung: 3, sides 5, 10, 20 mm).
         dropout: Dropout3d probability before the head (DeepLung: 0.5).
-        grad_as_forward: the 3^3 convolutions' CPU backward as forward convolutions
-            (deepem.model.conv3d; same gradients, faster at few channels); False: oneDNN's.
+        cpu_kernels: CPU training through deepem's own kernels where they are faster (the 3^3
+            convolutions, deepem.model.conv3d; batch norm, deepem.model.batch_norm; max
+            pooling, deepem.model.pool; the same gradients to float rounding); False: torch's
+            (the benchmarks' baseline).
 
     forward(x [B, 1, D, H, W], coord [B, 3, D/4, H/4, W/4]) -> [B, D/4, H/4, W/4, A, 5];
     D, H, W multiples of 16; coord is the normalised position of each output cell in the
@@ -67,7 +71,7 @@ class Res18(nn.Module):
     """
 
     def __init__(self, width: float = 1.0, num_anchors: int = 3, dropout: float = 0.5,
-                 grad_as_forward: bool = True):
+                 cpu_kernels: bool = True):
         super().__init__()
         if not width > 0:
             raise ValueError("width must be > 0, got %r" % (width,))
@@ -76,18 +80,18 @@ class Res18(nn.Module):
         back3, back2, head = (max(1, int(round(n * width))) for n in (64, 128, 64))
         self.channels = dict(forward=c, back3=back3, back2=back2, head=head)
         self.preBlock = nn.Sequential(
-            Conv3d(1, c[0], 3, padding=1, grad_as_forward=grad_as_forward), nn.BatchNorm3d(c[0]), nn.ReLU(inplace=True),
-            Conv3d(c[0], c[0], 3, padding=1, grad_as_forward=grad_as_forward), nn.BatchNorm3d(c[0]),
+            Conv3d(1, c[0], 3, padding=1, cpu_kernels=cpu_kernels), BatchNorm3d(c[0], cpu_kernels=cpu_kernels), nn.ReLU(inplace=True),
+            Conv3d(c[0], c[0], 3, padding=1, cpu_kernels=cpu_kernels), BatchNorm3d(c[0], cpu_kernels=cpu_kernels),
             nn.ReLU(inplace=True))
-        self.pool = nn.MaxPool3d(2, 2)
-        self.forw1 = _stage(c[0], c[1], 2, grad_as_forward)
-        self.forw2 = _stage(c[1], c[2], 2, grad_as_forward)
-        self.forw3 = _stage(c[2], c[3], 3, grad_as_forward)
-        self.forw4 = _stage(c[3], c[4], 3, grad_as_forward)
-        self.path1 = _up(c[4])
-        self.back3 = _stage(c[4] + c[3], back3, 3, grad_as_forward)
-        self.path2 = _up(back3)
-        self.back2 = _stage(back3 + c[2] + COORD_CHANNELS, back2, 3, grad_as_forward)
+        self.pool = MaxPool3d2x(cpu_kernels)
+        self.forw1 = _stage(c[0], c[1], 2, cpu_kernels)
+        self.forw2 = _stage(c[1], c[2], 2, cpu_kernels)
+        self.forw3 = _stage(c[2], c[3], 3, cpu_kernels)
+        self.forw4 = _stage(c[3], c[4], 3, cpu_kernels)
+        self.path1 = _up(c[4], cpu_kernels)
+        self.back3 = _stage(c[4] + c[3], back3, 3, cpu_kernels)
+        self.path2 = _up(back3, cpu_kernels)
+        self.back2 = _stage(back3 + c[2] + COORD_CHANNELS, back2, 3, cpu_kernels)
         self.drop = nn.Dropout3d(dropout)
         self.output = nn.Sequential(nn.Conv3d(back2, head, 1), nn.ReLU(),
                                     nn.Conv3d(head, 5 * self.num_anchors, 1))

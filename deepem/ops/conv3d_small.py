@@ -24,10 +24,10 @@ def applies(x: Tensor, weight: Tensor) -> bool:
     return (x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
             and x.dim() == 5 and tuple(weight.shape[2:]) == (3, 3, 3)
             and weight.shape[0] <= MAX_CHANNELS and weight.shape[1] <= MAX_CHANNELS
-            and _ncdhw(x) and _ncdhw(weight))
+            and ncdhw(x) and ncdhw(weight))
 
 
-def _ncdhw(t: Tensor) -> bool:
+def ncdhw(t: Tensor) -> bool:
     """Strides exactly those of a contiguous tensor, size-1 axes included (is_contiguous()
     ignores them: a channels_last_3d weight with one output channel would pass)."""
     stride, want = 1, []

@@ -9,8 +9,8 @@
 // The weight gradient sweeps each plane once per (input channel, dz, dy, output-channel block),
 // the three dx taps of a block of output channels accumulating in registers.
 //
-// Compiled for AVX2 + FMA by function attributes; conv3d_small_supported() says whether this CPU
-// runs them (the caller uses torch's own convolution where it does not).
+// Compiled for AVX2 + FMA by function attributes (cpu/avx2.h); the entry (ops/conv3d_small.cpp)
+// uses torch's own convolution on a CPU without them.
 #include "../conv3d_small.h"
 
 #include <ATen/Parallel.h>
@@ -19,26 +19,11 @@
 #include <cstring>
 #include <vector>
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#include <immintrin.h>
-#define DEEPEM_CONV_AVX2 1
-#define DEEPEM_AVX2_FMA __attribute__((target("avx2,fma")))
-#else
-#define DEEPEM_CONV_AVX2 0
-#endif
+#include "avx2.h"
 
 namespace deepem {
 
-bool conv3d_small_supported() {
-#if DEEPEM_CONV_AVX2
-  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return ok;
-#else
-  return false;
-#endif
-}
-
-#if DEEPEM_CONV_AVX2
+#if DEEPEM_AVX2
 namespace {
 
 // The input planes z-1, z, z+1 of one batch item, every channel, zero-padded by one voxel in
@@ -65,11 +50,6 @@ struct Slab {
     }
   }
 };
-
-DEEPEM_AVX2_FMA inline __m256i lane_mask(int64_t n) {  // the first n of 8 lanes
-  const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-  return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(n)), lanes);
-}
 
 // out[o][x .. x + 8 * NC) of one output row for OB output channels; taps[(i * 27 + t) * O + o]
 // are the weights, rows point at the slab's row y of channel 0, dz 0 (valid: x + 1 + dx - 1).
@@ -134,13 +114,6 @@ DEEPEM_AVX2_FMA inline void weight_grad_taps(const float* r, const float* const*
     const __m256 gv = MASKED ? _mm256_maskload_ps(g[o] + x, mask) : _mm256_loadu_ps(g[o] + x);
     for (int dx = 0; dx < 3; ++dx) acc[o][dx] = _mm256_fmadd_ps(gv, v[dx], acc[o][dx]);
   }
-}
-
-DEEPEM_AVX2_FMA inline double horizontal_sum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
-  return _mm_cvtss_f32(s);
 }
 
 template <int OB>
