@@ -6,10 +6,12 @@ the top-k hard negatives, smooth L1 over positives).
 
 Then the network's step alone (forward, backward, AdamW, the weight average's update, on fixed
 crops) in the forms a run can choose, old and new side by side at the demo's (0.25 x 32^3 x 8)
-and the cpu preset's (0.25 x 48^3 x 8) settings: the old step (oneDNN's convolution backward,
-AdamW's per-tensor loop, the average updated tensor by tensor, glibc's malloc as it is), deepem's
-step (the backward as forward convolutions, deepem.model.conv3d; fused AdamW; foreach average;
-freed memory kept in the process, deepem.heap, as the trainer's epochs do), and on top of it
+and the cpu preset's (0.25 x 48^3 x 8) settings: the old step (torch's layers: oneDNN's
+convolution and its backward, torch's batch norm and max pooling; AdamW's per-tensor loop, the
+average updated tensor by tensor, glibc's malloc as it is), deepem's step (Res18's cpu_kernels:
+the narrow layers' convolutions, batch norm and pooling in deepem's kernels, the wider layers'
+backward as forward convolutions, deepem.model.conv3d; fused AdamW; foreach average; freed memory
+kept in the process, deepem.heap, as the trainer's epochs do), and on top of it
 channels_last_3d (run.channels_last), bf16 autocast where the device has it natively
 (run.amp=bf16; skipped where bf16 would be emulated), and with --compile torch.compile (its
 compile time printed). Every old form runs before any new one: deepem.heap's scope leaves the
@@ -150,7 +152,7 @@ def old_average_update(average, model, decay):
 def time_network(width, crop, batch, device, channels_last, amp, compiled, new, repeats):
     """Median seconds of one network step (forward, a loss on the head, backward, AdamW, the
     weight average) and the seconds the first call took (compilation, oneDNN primitive creation).
-    new: deepem's step (Res18's default backward, fused AdamW, ema_update); else the old one."""
+    new: deepem's step (Res18's cpu_kernels, fused AdamW, ema_update); else the old one."""
     torch.manual_seed(0)
     net = Res18(width, dropout=0.0, cpu_kernels=new).to(device)
     image = torch.randn(batch, 1, crop, crop, crop, device=device)

@@ -75,11 +75,11 @@ constexpr const char* kSchemas[] = {
     "_conv3d_small(Tensor input, Tensor weight, Tensor? bias) -> Tensor",
     "_conv3d_small_weight_grad(Tensor input, Tensor grad_output) -> Tensor",
     // CPU-only training batch norm of deepem.model.batch_norm (batch statistics of float32
-    // NCDHW volumes; var_unbiased for the running variance).
-    "_batch_norm3d_train(Tensor input, Tensor? weight, Tensor? bias, float eps) "
+    // NCDHW volumes, optionally followed by a ReLU; var_unbiased for the running variance).
+    "_batch_norm3d_train(Tensor input, Tensor? weight, Tensor? bias, float eps, bool relu=False) "
     "-> (Tensor output, Tensor mean, Tensor invstd, Tensor var_unbiased)",
     "_batch_norm3d_train_backward(Tensor grad_output, Tensor input, Tensor? weight, Tensor mean, "
-    "Tensor invstd, bool[3] output_mask) -> (Tensor, Tensor, Tensor)",
+    "Tensor invstd, Tensor? relu_output, bool[3] output_mask) -> (Tensor, Tensor, Tensor)",
     // CPU-only training max pooling of deepem.model.pool: 2x2x2, stride 2, torch's indices.
     "_max_pool3d_2x(Tensor input) -> (Tensor output, Tensor indices)",
 };

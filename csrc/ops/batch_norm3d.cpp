@@ -35,7 +35,7 @@ const float* data_or_null(const at::Tensor& t) { return t.defined() ? t.data_ptr
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_norm3d_train_cpu(
     const at::Tensor& input, const c10::optional<at::Tensor>& weight, const c10::optional<at::Tensor>& bias,
-    double eps) {
+    double eps, bool relu) {
   constexpr const char* op = "_batch_norm3d_train";
   check_input(input, op);
   const int64_t C = input.size(1);
@@ -46,7 +46,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_norm3d_train_cp
   if (!avx2_fma_supported()) {
     auto [out, mean, invstd] = at::native_batch_norm(input, weight, bias, {}, {}, true, 0.0, eps);
     const at::Tensor var = (invstd.pow(-2) - eps) * (n > 1 ? n / (n - 1) : NAN);
-    return {out, mean, invstd, var};
+    return {relu ? out.relu_() : out, mean, invstd, var};
   }
   const at::Tensor x = input.contiguous();
   const at::Tensor w = weight ? weight->contiguous() : at::Tensor(), b = bias ? bias->contiguous() : at::Tensor();
@@ -54,13 +54,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_norm3d_train_cp
              var = at::empty({C}, x.options());
   batch_norm3d_forward_cpu_kernel(x.data_ptr<float>(), data_or_null(w), data_or_null(b), out.data_ptr<float>(),
                                   mean.data_ptr<float>(), invstd.data_ptr<float>(), var.data_ptr<float>(), x.size(0),
-                                  C, x.numel() / (x.size(0) * C), eps);
+                                  C, x.numel() / (x.size(0) * C), eps, relu);
   return {out, mean, invstd, var};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm3d_train_backward_cpu(
     const at::Tensor& grad_output, const at::Tensor& input, const c10::optional<at::Tensor>& weight,
-    const at::Tensor& mean, const at::Tensor& invstd, std::array<bool, 3> output_mask) {
+    const at::Tensor& mean, const at::Tensor& invstd, const c10::optional<at::Tensor>& relu_output,
+    std::array<bool, 3> output_mask) {
   constexpr const char* op = "_batch_norm3d_train_backward";
   check_input(input, op);
   const int64_t C = input.size(1);
@@ -70,16 +71,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm3d_train_backward_cpu(
   check_per_channel(weight, C, op, "weight");
   check_per_channel(mean, C, op, "mean");
   check_per_channel(invstd, C, op, "invstd");
-  if (!avx2_fma_supported())
-    return at::native_batch_norm_backward(grad_output, input, weight, {}, {}, mean, invstd, true, 0.0, output_mask);
+  if (relu_output) {
+    DEEPEM_CHECK(relu_output->sizes() == input.sizes(), op, ": argument 'relu_output' must have the shape of 'input' ",
+                 input.sizes(), ", got ", relu_output->sizes());
+    check_float_cpu(*relu_output, op, "relu_output");
+  }
+  if (!avx2_fma_supported()) {
+    const at::Tensor g = relu_output ? grad_output * relu_output->gt(0) : grad_output;
+    return at::native_batch_norm_backward(g, input, weight, {}, {}, mean, invstd, true, 0.0, output_mask);
+  }
   const at::Tensor x = input.contiguous(), g = grad_output.contiguous(), m = mean.contiguous(),
                    s = invstd.contiguous();
+  const at::Tensor r = relu_output ? relu_output->contiguous() : at::Tensor();
   const at::Tensor w = weight ? weight->contiguous() : at::Tensor();
   at::Tensor grad_x = output_mask[0] ? at::empty_like(x) : at::Tensor();
   at::Tensor grad_w = output_mask[1] ? at::empty({C}, x.options()) : at::Tensor();
   at::Tensor grad_b = output_mask[2] ? at::empty({C}, x.options()) : at::Tensor();
   batch_norm3d_backward_cpu_kernel(g.data_ptr<float>(), x.data_ptr<float>(), data_or_null(w), m.data_ptr<float>(),
-                                   s.data_ptr<float>(), grad_x.defined() ? grad_x.data_ptr<float>() : nullptr,
+                                   s.data_ptr<float>(), data_or_null(r), grad_x.defined() ? grad_x.data_ptr<float>() : nullptr,
                                    grad_w.defined() ? grad_w.data_ptr<float>() : nullptr,
                                    grad_b.defined() ? grad_b.data_ptr<float>() : nullptr, x.size(0), C,
                                    x.numel() / (x.size(0) * C));

@@ -21,31 +21,37 @@ MIN_VALUES = 32768  # measured: 8 x 16 x 8^3 (65k values) 0.08 -> 0.02 ms; 8 x 1
 
 class _BatchNormTrain(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: Tensor, weight, bias, eps: float):
-        out, mean, invstd, var = kernels.batch_norm3d_train(x, weight, bias, eps)
-        ctx.save_for_backward(x, weight, mean, invstd)
+    def forward(ctx, x: Tensor, weight, bias, eps: float, relu: bool):
+        out, mean, invstd, var = kernels.batch_norm3d_train(x, weight, bias, eps, relu)
+        ctx.save_for_backward(x, weight, mean, invstd, out if relu else None)
         ctx.mark_non_differentiable(mean, var)
         return out, mean, var
 
     @staticmethod
     def backward(ctx, grad: Tensor, _mean, _var):
-        x, weight, mean, invstd = ctx.saved_tensors
+        x, weight, mean, invstd, relu_output = ctx.saved_tensors
         mask = ctx.needs_input_grad[:3]
-        grads = kernels.batch_norm3d_train_backward(grad, x, weight, mean, invstd, mask)
-        return (*grads, None)
+        grads = kernels.batch_norm3d_train_backward(grad, x, weight, mean, invstd, relu_output, mask)
+        return (*grads, None, None)
 
 
 class BatchNorm3d(nn.BatchNorm3d):
-    """nn.BatchNorm3d with the CPU training pass above; cpu_kernels=False keeps torch's."""
+    """nn.BatchNorm3d with the CPU training pass above; cpu_kernels=False keeps torch's.
+    relu=True: followed by a ReLU, which the CPU kernels apply in the same passes (the
+    activation's own pass forward and its mask pass backward saved)."""
 
-    def __init__(self, num_features: int, cpu_kernels: bool = True, **kwargs):
+    def __init__(self, num_features: int, cpu_kernels: bool = True, relu: bool = False, **kwargs):
         super().__init__(num_features, **kwargs)
-        self.cpu_kernels = cpu_kernels
+        self.cpu_kernels, self.relu = cpu_kernels, relu
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + (", relu=True" if self.relu else "")
 
     def forward(self, x: Tensor) -> Tensor:
         if not self._fast_path_applies(x):
-            return super().forward(x)
-        out, mean, var = _BatchNormTrain.apply(x, self.weight, self.bias, self.eps)
+            out = super().forward(x)
+            return out.relu_() if self.relu else out  # in place: batch norm's backward does not read its output
+        out, mean, var = _BatchNormTrain.apply(x, self.weight, self.bias, self.eps, self.relu)
         with torch.no_grad():
             self.num_batches_tracked.add_(1)
             self.running_mean.mul_(1 - self.momentum).add_(mean, alpha=self.momentum)

@@ -29,7 +29,7 @@ class ResBlock(nn.Module):
     def __init__(self, n_in: int, n_out: int, cpu_kernels: bool = True):
         super().__init__()
         self.conv1 = Conv3d(n_in, n_out, 3, padding=1, cpu_kernels=cpu_kernels)
-        self.bn1 = BatchNorm3d(n_out, cpu_kernels=cpu_kernels)
+        self.bn1 = BatchNorm3d(n_out, cpu_kernels=cpu_kernels, relu=True)
         self.conv2 = Conv3d(n_out, n_out, 3, padding=1, cpu_kernels=cpu_kernels)
         self.bn2 = BatchNorm3d(n_out, cpu_kernels=cpu_kernels)
         self.relu = nn.ReLU(inplace=True)
@@ -39,7 +39,7 @@ class ResBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         residual = x if self.shortcut is None else self.shortcut(x)
-        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn1(self.conv1(x))  # with its ReLU
         out = self.bn2(self.conv2(out))
         return self.relu(out + residual)
 
@@ -49,8 +49,9 @@ def _stage(n_in: int, n_out: int, blocks: int, cpu_kernels: bool) -> nn.Sequenti
 
 
 def _up(channels: int, cpu_kernels: bool) -> nn.Sequential:
+    # nn.Identity holds the place of the ReLU the batch norm now applies (checkpoint keys)
     return nn.Sequential(nn.ConvTranspose3d(channels, channels, 2, stride=2),
-                         BatchNorm3d(channels, cpu_kernels=cpu_kernels), nn.ReLU(inplace=True))
+                         BatchNorm3d(channels, cpu_kernels=cpu_kernels, relu=True), nn.Identity())
 
 
 class Res18(nn.Module):
@@ -80,9 +81,10 @@ class Res18(nn.Module):
         back3, back2, head = (max(1, int(round(n * width))) for n in (64, 128, 64))
         self.channels = dict(forward=c, back3=back3, back2=back2, head=head)
         self.preBlock = nn.Sequential(
-            Conv3d(1, c[0], 3, padding=1, cpu_kernels=cpu_kernels), BatchNorm3d(c[0], cpu_kernels=cpu_kernels), nn.ReLU(inplace=True),
-            Conv3d(c[0], c[0], 3, padding=1, cpu_kernels=cpu_kernels), BatchNorm3d(c[0], cpu_kernels=cpu_kernels),
-            nn.ReLU(inplace=True))
+            Conv3d(1, c[0], 3, padding=1, cpu_kernels=cpu_kernels), BatchNorm3d(c[0], cpu_kernels=cpu_kernels, relu=True),
+            nn.Identity(),  # the ReLU's place (checkpoint keys): the batch norm applies it
+            Conv3d(c[0], c[0], 3, padding=1, cpu_kernels=cpu_kernels), BatchNorm3d(c[0], cpu_kernels=cpu_kernels, relu=True),
+            nn.Identity())
         self.pool = MaxPool3d2x(cpu_kernels)
         self.forw1 = _stage(c[0], c[1], 2, cpu_kernels)
         self.forw2 = _stage(c[1], c[2], 2, cpu_kernels)
