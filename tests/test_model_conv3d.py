@@ -133,3 +133,15 @@ def test_channels_last_and_torch_compile_give_onednn_gradients(form):
     scale = max(float(p.grad.abs().max()) for p in native.parameters())
     for (name, a), b in zip(fast.named_parameters(), native.parameters()):
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-3, atol=1e-5 * scale, msg=name)
+
+
+@pytest.mark.parametrize("env,want", [(None, True), ("1", True), ("0", False)])
+def test_environment_switches_the_cpu_kernels(monkeypatch, env, want):
+    if env is None:
+        monkeypatch.delenv("DEEPEM_CPU_KERNELS", raising=False)
+    else:
+        monkeypatch.setenv("DEEPEM_CPU_KERNELS", env)
+    net = Res18(width=0.25)
+    switched = [m.cpu_kernels for m in net.modules() if hasattr(m, "cpu_kernels")]
+    assert len(switched) > 40 and all(s == want for s in switched)
+    assert all(m.cpu_kernels for m in Res18(width=0.25, cpu_kernels=True).modules() if hasattr(m, "cpu_kernels"))

@@ -9,7 +9,8 @@ stride 4), each followed by 3 residual blocks. Head: Dropout3d, 1x1 conv, ReLU, 
 At width 1 it has DeepLung's 5,383,623 trainable parameters; `width` scales every feature
 channel count (structure kept), so a narrow model trains on a few CPU cores.
 """
-from typing import Sequence
+import os
+from typing import Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -64,7 +65,7 @@ class Res18(nn.Module):
         cpu_kernels: CPU training through deepem's own kernels where they are faster (the 3^3
             convolutions, deepem.model.conv3d; batch norm, deepem.model.batch_norm; max
             pooling, deepem.model.pool; the same gradients to float rounding); False: torch's
-            (the benchmarks' baseline).
+            (the benchmarks' baseline); None: on unless the environment sets DEEPEM_CPU_KERNELS=0.
 
     forward(x [B, 1, D, H, W], coord [B, 3, D/4, H/4, W/4]) -> [B, D/4, H/4, W/4, A, 5];
     D, H, W multiples of 16; coord is the normalised position of each output cell in the
@@ -72,8 +73,10 @@ class Res18(nn.Module):
     """
 
     def __init__(self, width: float = 1.0, num_anchors: int = 3, dropout: float = 0.5,
-                 cpu_kernels: bool = True):
+                 cpu_kernels: Optional[bool] = None):
         super().__init__()
+        if cpu_kernels is None:  # DEEPEM_CPU_KERNELS=0: torch's layers everywhere (comparisons, a suspected kernel)
+            cpu_kernels = os.environ.get("DEEPEM_CPU_KERNELS", "1") != "0"
         if not width > 0:
             raise ValueError("width must be > 0, got %r" % (width,))
         self.width, self.num_anchors = float(width), int(num_anchors)
