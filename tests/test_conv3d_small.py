@@ -53,6 +53,38 @@ def test_detector_sizes_equal_float64_reference():
     torch.testing.assert_close(got_w, want_w, rtol=1e-5, atol=1e-5 * float(want_w.abs().max()))
 
 
+# Large planes run in strips of rows (a few at these widths: 4, 4, 3 / 7, 7, 2 / 4, 4, 1), each
+# strip its own ring of planes; batch items and strips go to the threads in pairs.
+STRIPS = [(1, 8, 6, (3, 11, 500)), (1, 1, 6, (4, 16, 3000)), (2, 6, 5, (4, 9, 700))]
+
+
+@pytest.mark.parametrize("batch,c_in,c_out,size", STRIPS)
+def test_large_planes_in_strips_equal_float64_reference(batch, c_in, c_out, size):
+    gen = torch.Generator().manual_seed(size[2])
+    x, w, b = torch.randn(batch, c_in, *size, generator=gen), torch.randn(c_out, c_in, 3, 3, 3, generator=gen), None
+    want = F.conv3d(x.double(), w.double(), padding=1)
+    torch.testing.assert_close(small.conv3d_small(x, w).double(), want, rtol=1e-5, atol=1e-5 * float(want.abs().max()))
+
+
+@pytest.mark.parametrize("size", [(5, 7, 9), (3, 9, 700)])
+def test_residual_and_relu_equal_float64_reference(size):
+    """relu(conv + bias + residual), the detector's residual blocks in one pass; NaN stays NaN."""
+    gen = torch.Generator().manual_seed(5)
+    x, w, b = torch.randn(2, 6, *size, generator=gen), torch.randn(5, 6, 3, 3, 3, generator=gen), torch.randn(5)
+    residual = torch.randn(2, 5, *size, generator=gen)
+    residual[1, 2, 1, 1, 3] = float("nan")
+    conv = F.conv3d(x.double(), w.double(), b.double(), padding=1)
+    for res, relu in [(None, True), (residual, False), (residual, True)]:
+        want = conv + (0 if res is None else res.double())
+        want = want.relu() if relu else want
+        got = small.conv3d_small(x, w, b, residual=res, relu=relu).double()
+        assert torch.equal(got.isnan(), want.isnan())
+        ok = ~want.isnan()
+        torch.testing.assert_close(got[ok], want[ok], rtol=1e-5, atol=1e-5 * float(want[ok].abs().max()))
+        if relu:
+            assert float(got[ok].min()) == 0.0
+
+
 def test_forward_is_the_same_bits_at_any_thread_count():
     gen = torch.Generator().manual_seed(1)
     x, w = torch.randn(3, 5, 6, 7, 19, generator=gen), torch.randn(7, 5, 3, 3, 3, generator=gen)
@@ -114,6 +146,8 @@ def test_bad_arguments_are_named():
         small.conv3d_small(x, torch.randn(3, 2, 5, 5, 5))
     with pytest.raises(RuntimeError, match=r"argument 'bias' must have shape \[3\]"):
         small.conv3d_small(x, w, torch.randn(4))
+    with pytest.raises(RuntimeError, match=r"argument 'residual' must have the output's shape \[1, 3, 4, 4, 4\]"):
+        small.conv3d_small(x, w, residual=torch.randn(1, 2, 4, 4, 4))
     with pytest.raises(RuntimeError, match="_conv3d_small_weight_grad: argument 'grad_output' must have the batch"):
         small.conv3d_small_weight_grad(x, torch.randn(1, 3, 4, 4, 5))
 
@@ -122,6 +156,7 @@ def test_opcheck():
     gen = torch.Generator().manual_seed(4)
     x, w, b = torch.randn(2, 3, 4, 5, 9, generator=gen), torch.randn(4, 3, 3, 3, 3, generator=gen), torch.randn(4)
     torch.library.opcheck(torch.ops.deepem._conv3d_small.default, (x, w, b))
+    torch.library.opcheck(torch.ops.deepem._conv3d_small.default, (x, w, b, torch.randn(2, 4, 4, 5, 9), True))
     torch.library.opcheck(torch.ops.deepem._conv3d_small_weight_grad.default, (x, torch.randn(2, 4, 4, 5, 9)))
 
 

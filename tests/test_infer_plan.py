@@ -11,6 +11,7 @@ from deepem.infer import Detector
 from deepem.infer import fast, plan
 from deepem.infer.tiles import stitched_output
 from deepem.model import Res18
+from deepem.ops import conv3d_small
 
 from test_infer import LocalNet
 
@@ -156,6 +157,22 @@ def test_fused_runner_equals_the_module_and_follows_weight_changes(width):
     assert runner.mode == "fused"
     check_runner_equals_the_module_and_follows_weight_changes(model, runner, lambda: runner._fused)
     assert runner.mode == "fused"
+    # the preBlock in deepem's convolution where it has <= 8 channels (widths 1/8, 1/4) and the CPU has AVX2
+    assert runner._fused.narrow_pre == (width < 1 and conv3d_small.avx2_kernels())
+
+
+def test_fused_preblock_in_deepems_convolution_equals_onednns():
+    """The narrow preBlock (NCDHW, conv3d_small with its ReLU, deepem's pooling) against the same
+    weights through oneDNN's fused convolutions (a model built with cpu_kernels=False)."""
+    if not (fast.fused.available() and conv3d_small.avx2_kernels()):
+        pytest.skip("needs oneDNN's fused convolutions and a CPU with AVX2 + FMA")
+    model = res18_with_statistics(0.25)
+    plain = Res18(width=0.25, cpu_kernels=False).eval()
+    plain.load_state_dict(model.state_dict())
+    narrow, onednn = fast.fused.FusedRes18(model), fast.fused.FusedRes18(plain)
+    assert narrow.narrow_pre and not onednn.narrow_pre
+    x, c = torch.randn(2, 1, 48, 64, 80), torch.randn(2, 3, 12, 16, 20)
+    torch.testing.assert_close(narrow(x, c), onednn(x, c), atol=2e-5, rtol=1e-4)
 
 
 def test_torchscript_runner_equals_the_module_and_follows_weight_changes(monkeypatch):
@@ -231,7 +248,8 @@ def test_fused_runner_keeps_packed_weights_for_a_few_shapes_only():
         out = runner(x, c)
     with torch.no_grad():
         torch.testing.assert_close(out, model(x, c), atol=2e-5, rtol=1e-4)
-    sizes = {len(conv.packed) for conv in runner._fused.pre + [runner._fused.head, runner._fused.out]}
+    convs = [block.conv1 for block in runner._fused.stages["forw1"]] + [runner._fused.head, runner._fused.out]
+    sizes = {len(conv.packed) for conv in convs}
     assert sizes == {fast.fused._PACKED_SHAPES}
 
 

@@ -3,6 +3,8 @@
 #include <Python.h>
 #include <torch/version.h>
 
+#include "ops/cpu/avx2.h"
+
 #ifndef DEEPEM_CUDA_ARCHS
 #define DEEPEM_CUDA_ARCHS ""
 #endif
@@ -28,9 +30,14 @@ PyObject* build_info(PyObject*, PyObject*) {
           TORCH_VERSION_PATCH));
 }
 
+PyObject* avx2_kernels(PyObject*, PyObject*) { return PyBool_FromLong(deepem::avx2_fma_supported()); }
+
 PyMethodDef kMethods[] = {
     {"build_info", build_info, METH_NOARGS,
      "What this build of deepem._C contains: CUDA kernels, archs, CUDA and torch versions."},
+    {"avx2_kernels", avx2_kernels, METH_NOARGS,
+     "Whether deepem's AVX2 + FMA CPU kernels run here (this CPU has them, DEEPEM_NO_AVX2 unset); "
+     "elsewhere those ops fall back to torch's."},
     {nullptr, nullptr, 0, nullptr}};
 
 PyModuleDef kModule = {PyModuleDef_HEAD_INIT, "_C", "deepem compiled ops", -1, kMethods};

@@ -8,7 +8,13 @@ input shape:
 - convolution + ReLU as one oneDNN primitive (`mkldnn._convolution_pointwise`), and each
   residual block's second convolution + shortcut add + ReLU as one, written into the
   shortcut's buffer (`mkldnn._convolution_pointwise_.binary`);
-- weights reordered to oneDNN's preferred format once per input shape (cached).
+- weights reordered to oneDNN's preferred format once per input shape (cached);
+- a narrow model's full-resolution preBlock (at most 8 channels: width <= 1/3) through deepem's
+  own AVX2 convolution (deepem.ops.conv3d_small, with the ReLU in its store) in NCDHW instead,
+  pooled there and handed to oneDNN in channels_last_3d: on the 2-core AVX2 VM 1.5-1.7x oneDNN's
+  fused convolution on those layers (the 1 -> 6 and 6 -> 6 layers of a LUNA16-size scan: 28 and
+  ~72 GFLOP/s in oneDNN, ~50 and ~115 in conv3d_small). At 8 channels and half resolution oneDNN
+  is as fast or faster (measured), so the stages after the first pooling stay oneDNN's.
 On the 2-core AVX2 VM at width 0.25: a demo scan 1.3x and a LUNA16-size scan 1.7x faster
 than the TorchScript graph, with 2/3 of its peak memory; width 1 within 5%
 (benchmarks/bench_detect.py, docs/detection.md); outputs within 2e-5 of the module's
@@ -25,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..model.res18 import Res18, ResBlock, check_input
+from ..ops import conv3d_small as small
 
 CL = torch.channels_last_3d
 _ONES = [1, 1, 1]
@@ -81,6 +88,24 @@ class _Conv:
         return residual
 
 
+class _NarrowConv:
+    """A 3^3 convolution (BatchNorm folded in) + ReLU of an NCDHW volume through conv3d_small."""
+
+    def __init__(self, conv: nn.Conv3d, bn: nn.BatchNorm3d):
+        weight, self.bias = _folded(conv, bn)
+        self.weight = weight.contiguous()
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return small.conv3d_small(x, self.weight, self.bias, relu=True)
+
+
+def narrow_kernels_apply(model: Res18) -> bool:
+    """Whether the preBlock runs in deepem's convolution: its channels fit conv3d_small, this CPU
+    has the AVX2 kernels, and the model was not built with cpu_kernels=False (DEEPEM_CPU_KERNELS=0)."""
+    return (model.channels["forward"][0] <= small.MAX_CHANNELS and getattr(model.preBlock[0], "cpu_kernels", False)
+            and small.avx2_kernels())
+
+
 class _Block:
     def __init__(self, block: ResBlock):
         self.conv1, self.conv2 = _Conv(block.conv1, block.bn1), _Conv(block.conv2, block.bn2)
@@ -122,7 +147,9 @@ class FusedRes18:
             raise TypeError("FusedRes18 takes a deepem Res18, got %s" % type(model).__name__)
         m = model
         self.num_anchors = m.num_anchors
-        self.pre = [_Conv(m.preBlock[0], m.preBlock[1]), _Conv(m.preBlock[3], m.preBlock[4])]
+        self.narrow_pre = narrow_kernels_apply(m)
+        pre = _NarrowConv if self.narrow_pre else _Conv
+        self.pre = [pre(m.preBlock[0], m.preBlock[1]), pre(m.preBlock[3], m.preBlock[4])]
         self.stages = {name: [_Block(b) for b in getattr(m, name)]
                        for name in ("forw1", "forw2", "forw3", "forw4", "back3", "back2")}
         self.path1, self.path2 = _Up(m.path1), _Up(m.path2)
@@ -137,9 +164,14 @@ class FusedRes18:
     @torch.no_grad()
     def __call__(self, x: Tensor, coord: Tensor) -> Tensor:
         check_input(x, coord)
-        x = x.float().contiguous(memory_format=CL)
-        out = self.pre[1](self.pre[0](x))
-        out1 = self._stage("forw1", _max_pool2(out))
+        if self.narrow_pre:  # NCDHW (for one channel the same bytes as channels_last_3d)
+            out = self.pre[1](self.pre[0](x.float().contiguous()))
+            pooled = torch.ops.deepem._max_pool3d_2x(out)[0].contiguous(memory_format=CL)
+        else:
+            out = self.pre[1](self.pre[0](x.float().contiguous(memory_format=CL)))
+            pooled = _max_pool2(out)
+        del out  # the largest activation: freed before forw1 allocates
+        out1 = self._stage("forw1", pooled)
         out2 = self._stage("forw2", _max_pool2(out1))
         out3 = self._stage("forw3", _max_pool2(out2))
         out4 = self._stage("forw4", _max_pool2(out3))

@@ -2,7 +2,8 @@
 convolution with few channels (torch.ops.deepem._conv3d_small) and its weight gradient
 (torch.ops.deepem._conv3d_small_weight_grad), in AVX2 + FMA registers along x.
 
-Internal to deepem.model.conv3d (CPU only; CUDA takes cuDNN there). On the 2-core AVX2 VM they
+Internal to deepem.model.conv3d (training) and deepem.infer.fused (detection; CPU only, CUDA
+takes cuDNN there). On the 2-core AVX2 VM they
 run the quarter-width Res18's full-resolution layers 2-4x faster than oneDNN, which blocks over
 channels these layers do not have (benchmarks/results/train-network-cpu-2core.txt). A CPU
 without AVX2 + FMA gets torch's own convolution from the same ops.
@@ -37,9 +38,16 @@ def ncdhw(t: Tensor) -> bool:
     return t.stride() == tuple(reversed(want))
 
 
-def conv3d_small(x: Tensor, weight: Tensor, bias=None) -> Tensor:
-    """F.conv3d(x, weight, bias, padding=1) for weight [O, I, 3, 3, 3]."""
-    return torch.ops.deepem._conv3d_small(x, weight, bias)
+def avx2_kernels() -> bool:
+    """Whether the AVX2 + FMA kernels run on this CPU (elsewhere the ops are torch's convolution,
+    and a caller choosing them for speed should not)."""
+    return load().avx2_kernels()
+
+
+def conv3d_small(x: Tensor, weight: Tensor, bias=None, residual=None, relu: bool = False) -> Tensor:
+    """F.conv3d(x, weight, bias, padding=1) for weight [O, I, 3, 3, 3], plus residual (the
+    output's shape) if given, then a ReLU if relu: one pass over the output."""
+    return torch.ops.deepem._conv3d_small(x, weight, bias, residual, relu)
 
 
 def conv3d_small_weight_grad(x: Tensor, grad_output: Tensor) -> Tensor:
@@ -48,7 +56,7 @@ def conv3d_small_weight_grad(x: Tensor, grad_output: Tensor) -> Tensor:
 
 
 @torch.library.register_fake("deepem::_conv3d_small")
-def _conv3d_small_fake(x, weight, bias):
+def _conv3d_small_fake(x, weight, bias, residual=None, relu=False):
     torch._check(x.dim() == 5, lambda: "input must be [B, C, D, H, W]")
     return x.new_empty((x.shape[0], weight.shape[0], *x.shape[2:]))
 

@@ -26,37 +26,55 @@ namespace deepem {
 #if DEEPEM_AVX2
 namespace {
 
-// The input planes z-1, z, z+1 of one batch item, every channel, zero-padded by one voxel in
-// y and x (planes outside the volume are zero), in a ring of three slots per channel so that
-// moving to the next z copies one plane, not three: plane dz of channel i starts at
-// data + i * 3 * plane + dz_offset[dz], its voxel (y, x) at + (y + 1) * row + x + 1.
+// Rows y0 - 1 .. y0 + rows of the input planes z-1, z, z+1 of one batch item, every channel,
+// zero-padded by one voxel in y and x (planes and rows outside the volume are zero), in a ring
+// of three slots per channel so that moving to the next z copies one strip, not three: strip
+// dz of channel i starts at data + i * 3 * plane + dz_offset[dz], its voxel (y, x) at
+// + (y - y0 + 1) * row + x + 1. A whole plane (y0 = 0, rows = H) for small volumes; strips of a
+// few rows keep the three planes of a large one in the L2 cache (see the forward's entry).
 struct Slab {
-  int64_t row, plane;  // W + 2, (H + 2) * (W + 2)
+  int64_t row, plane;  // W + 2, (rows + 2) * (W + 2)
   std::vector<float> data;
   int64_t dz_offset[3] = {0, 0, 0};
-  int64_t held[3][2] = {{-1, -9}, {-1, -9}, {-1, -9}};  // (batch item, z) in each slot
+  int64_t held[3][3] = {{-1, -9, -1}, {-1, -9, -1}, {-1, -9, -1}};  // (batch item, z, y0) in each slot
 
-  Slab(int64_t channels, int64_t H, int64_t W)
-      : row(W + 2), plane((H + 2) * (W + 2)), data(channels * 3 * (H + 2) * (W + 2) + 16, 0.f) {}
+  Slab(int64_t channels, int64_t rows, int64_t W)
+      : row(W + 2), plane((rows + 2) * (W + 2)), data(channels * 3 * (rows + 2) * (W + 2) + 16, 0.f) {}
 
-  void fill(const float* volume, int64_t b, int64_t channels, int64_t D, int64_t H, int64_t W, int64_t z) {
+  void fill(const float* volume, int64_t b, int64_t channels, int64_t D, int64_t H, int64_t W, int64_t z,
+            int64_t y0 = 0) {
+    const int64_t rows = plane / row - 2;
     for (int64_t dz = 0; dz < 3; ++dz) {
       const int64_t zz = z + dz - 1, slot = (zz + 3) % 3;
       dz_offset[dz] = slot * plane;
-      if (held[slot][0] == b && held[slot][1] == zz) continue;
+      if (held[slot][0] == b && held[slot][1] == zz && held[slot][2] == y0) continue;
       held[slot][0] = b;
       held[slot][1] = zz;
+      held[slot][2] = y0;
       for (int64_t i = 0; i < channels; ++i) {
         float* dst = data.data() + (i * 3 + slot) * plane;
         if (zz < 0 || zz >= D) {
           std::memset(dst, 0, sizeof(float) * plane);
           continue;
         }
-        const float* src = volume + (i * D + zz) * H * W;  // the borders stay zero: only rows are copied
-        for (int64_t y = 0; y < H; ++y) std::memcpy(dst + (y + 1) * row + 1, src + y * W, sizeof(float) * W);
+        const float* src = volume + (i * D + zz) * H * W;  // x's borders stay zero: only rows' insides are copied
+        for (int64_t r = 0; r < rows + 2; ++r) {
+          const int64_t y = y0 - 1 + r;
+          if (y >= 0 && y < H)
+            std::memcpy(dst + r * row + 1, src + y * W, sizeof(float) * W);
+          else
+            std::memset(dst + r * row, 0, sizeof(float) * row);
+        }
       }
     }
   }
+};
+
+// What the forward adds to each output before storing it: the same row of a residual volume
+// (per output channel of the block; null for none), then a ReLU.
+struct Epilogue {
+  const float* const* residual = nullptr;
+  bool relu = false;
 };
 
 // out[o][x .. x + 8 * NC) of one output row for OB output channels; taps[(i * 27 + t) * O + o]
@@ -64,7 +82,8 @@ struct Slab {
 // dz_offset[dz]; tap dx of output x at + x + dx).
 template <int OB, int NC, bool MASKED>
 DEEPEM_AVX2_FMA void forward_block(const float* rows, const Slab& slab, int64_t I, const float* taps, int64_t O,
-                                   const float* bias, float* const* out, int64_t x, int64_t n_last) {
+                                   const float* bias, const Epilogue& epilogue, float* const* out, int64_t x,
+                                   int64_t n_last) {
   __m256 acc[OB][NC];
   for (int o = 0; o < OB; ++o)
     for (int c = 0; c < NC; ++c) acc[o][c] = _mm256_set1_ps(bias ? bias[o] : 0.f);
@@ -87,23 +106,32 @@ DEEPEM_AVX2_FMA void forward_block(const float* rows, const Slab& slab, int64_t 
   }
   for (int o = 0; o < OB; ++o)
     for (int c = 0; c < NC; ++c) {
-      if (MASKED && c == NC - 1)
-        _mm256_maskstore_ps(out[o] + x + 8 * c, mask, acc[o][c]);
+      const bool tail = MASKED && c == NC - 1;
+      __m256 v = acc[o][c];
+      if (epilogue.residual) {
+        const float* r = epilogue.residual[o] + x + 8 * c;
+        v = _mm256_add_ps(v, tail ? _mm256_maskload_ps(r, mask) : _mm256_loadu_ps(r));
+      }
+      if (epilogue.relu) v = _mm256_max_ps(_mm256_setzero_ps(), v);  // max(0, NaN) is NaN, as torch's relu
+      if (tail)
+        _mm256_maskstore_ps(out[o] + x + 8 * c, mask, v);
       else
-        _mm256_storeu_ps(out[o] + x + 8 * c, acc[o][c]);
+        _mm256_storeu_ps(out[o] + x + 8 * c, v);
     }
 }
 
+// Outputs x0 <= x < x1 of one row.
 template <int OB>
 DEEPEM_AVX2_FMA void forward_row(const float* rows, const Slab& slab, int64_t I, const float* taps, int64_t O,
-                                 const float* bias, float* const* out, int64_t W) {
-  int64_t x = 0;
-  for (; x + 16 <= W; x += 16) forward_block<OB, 2, false>(rows, slab, I, taps, O, bias, out, x, 8);
-  if (x + 8 <= W) {
-    forward_block<OB, 1, false>(rows, slab, I, taps, O, bias, out, x, 8);
+                                 const float* bias, const Epilogue& epilogue, float* const* out, int64_t x0,
+                                 int64_t x1) {
+  int64_t x = x0;
+  for (; x + 16 <= x1; x += 16) forward_block<OB, 2, false>(rows, slab, I, taps, O, bias, epilogue, out, x, 8);
+  if (x + 8 <= x1) {
+    forward_block<OB, 1, false>(rows, slab, I, taps, O, bias, epilogue, out, x, 8);
     x += 8;
   }
-  if (x < W) forward_block<OB, 1, true>(rows, slab, I, taps, O, bias, out, x, W - x);
+  if (x < x1) forward_block<OB, 1, true>(rows, slab, I, taps, O, bias, epilogue, out, x, x1 - x);
 }
 
 // Output channels in blocks of at most 6, as even as possible: 6 x 2 accumulators + 2 inputs + 1
@@ -111,8 +139,8 @@ DEEPEM_AVX2_FMA void forward_row(const float* rows, const Slab& slab, int64_t I,
 // do not). With the (dz, dy) loop rolled GCC kept them on the stack across it, and blocks of 4
 // were faster; unrolled, blocks of 6 run 8 x 6 -> 6 x 32^3 in 6.5 ms on 1 thread against 7.9-8.2
 // (blocks of 4): 85% of the core's fp32 peak.
-using ForwardRow = void (*)(const float*, const Slab&, int64_t, const float*, int64_t, const float*, float* const*,
-                            int64_t);
+using ForwardRow = void (*)(const float*, const Slab&, int64_t, const float*, int64_t, const float*, const Epilogue&,
+                            float* const*, int64_t, int64_t);
 const ForwardRow kForwardRows[] = {nullptr,        forward_row<1>, forward_row<2>, forward_row<3>,
                                    forward_row<4>, forward_row<5>, forward_row<6>};
 
@@ -168,27 +196,45 @@ std::vector<int64_t> channel_blocks(int64_t O, int64_t most) {
 
 }  // namespace
 
-void conv3d_small_forward_cpu_kernel(const float* input, const float* weight, const float* bias, float* output,
-                                     int64_t B, int64_t I, int64_t O, int64_t D, int64_t H, int64_t W) {
+void conv3d_small_forward_cpu_kernel(const float* input, const float* weight, const float* bias,
+                                     const float* residual, bool relu, float* output, int64_t B, int64_t I, int64_t O,
+                                     int64_t D, int64_t H, int64_t W) {
   // taps[(i * 27 + t) * O + o] = weight[o, i, t]: a tap's output channels side by side
   std::vector<float> taps(I * 27 * O);
   for (int64_t o = 0; o < O; ++o)
     for (int64_t i = 0; i < I; ++i)
       for (int64_t t = 0; t < 27; ++t) taps[(i * 27 + t) * O + o] = weight[(o * I + i) * 27 + t];
   const std::vector<int64_t> blocks = channel_blocks(O, 6);
-  at::parallel_for(0, B * D, 1, [&](int64_t begin, int64_t end) {
-    Slab slab(I, H, W);
+  // Strips of rows whose three padded planes of every channel fit in 320 KB, so that the rows
+  // an output row shares with the next stay in the L2 cache: whole 288 x 384 planes of 6
+  // channels (8 MB) ran at 70-100 GFLOP/s on the 2-core AVX2 VM. A detector crop's planes
+  // (32 x 32) fit whole. The threads take (batch item, strip) pairs, each all its z.
+  const int64_t strip =
+      std::min<int64_t>(H, std::max<int64_t>(1, 320 * 1024 / (I * 3 * (W + 2) * int64_t(sizeof(float))) - 2));
+  const int64_t strips = (H + strip - 1) / strip;
+  at::parallel_for(0, B * strips, 1, [&](int64_t begin, int64_t end) {
+    Slab slab(I, strip, W);
     std::vector<float*> out(O);
+    std::vector<const float*> res(O);
     for (int64_t p = begin; p < end; ++p) {
-      const int64_t b = p / D, z = p % D;
-      slab.fill(input + b * I * D * H * W, b, I, D, H, W, z);
-      for (int64_t y = 0; y < H; ++y) {
-        int64_t o0 = 0;
-        for (int64_t ob : blocks) {
-          for (int64_t o = 0; o < ob; ++o) out[o] = output + (((b * O + o0 + o) * D + z) * H + y) * W;
-          kForwardRows[ob](slab.data.data() + y * slab.row, slab, I, taps.data() + o0, O, bias ? bias + o0 : nullptr,
-                           out.data(), W);
-          o0 += ob;
+      const int64_t b = p / strips, y0 = p % strips * strip, y1 = std::min(H, y0 + strip);
+      for (int64_t z = 0; z < D; ++z) {
+        slab.fill(input + b * I * D * H * W, b, I, D, H, W, z, y0);
+        for (int64_t y = y0; y < y1; ++y) {
+          int64_t o0 = 0;
+          for (int64_t ob : blocks) {
+            for (int64_t o = 0; o < ob; ++o) {
+              const int64_t at = (((b * O + o0 + o) * D + z) * H + y) * W;
+              out[o] = output + at;
+              if (residual) res[o] = residual + at;
+            }
+            Epilogue epilogue;
+            epilogue.residual = residual ? res.data() : nullptr;
+            epilogue.relu = relu;
+            kForwardRows[ob](slab.data.data() + (y - y0) * slab.row, slab, I, taps.data() + o0, O,
+                             bias ? bias + o0 : nullptr, epilogue, out.data(), 0, W);
+            o0 += ob;
+          }
         }
       }
     }
@@ -226,8 +272,8 @@ void conv3d_small_weight_grad_cpu_kernel(const float* input, const float* grad, 
   }
 }
 #else
-void conv3d_small_forward_cpu_kernel(const float*, const float*, const float*, float*, int64_t, int64_t, int64_t,
-                                     int64_t, int64_t, int64_t) {}
+void conv3d_small_forward_cpu_kernel(const float*, const float*, const float*, const float*, bool, float*, int64_t,
+                                     int64_t, int64_t, int64_t, int64_t, int64_t) {}
 void conv3d_small_weight_grad_cpu_kernel(const float*, const float*, float*, int64_t, int64_t, int64_t, int64_t,
                                          int64_t, int64_t) {}
 #endif
