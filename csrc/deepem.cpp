@@ -71,9 +71,9 @@ constexpr const char* kSchemas[] = {
     "_roi_pool3d_emulated(Tensor input, Tensor rois, int[3] output_size, float spatial_scale) "
     "-> (Tensor, Tensor)",
     // CPU-only kernels of deepem.model.conv3d (training) and deepem.infer.fused (detection): a
-    // 3^3, stride-1, padding-1 float32 convolution with few channels, + residual, then ReLU if
-    // relu, and its weight gradient (CUDA tensors take cuDNN there).
-    "_conv3d_small(Tensor input, Tensor weight, Tensor? bias, Tensor? residual=None, bool relu=False) -> Tensor",
+    // 3^3, stride-1, padding-1 float32 convolution with few channels, then a ReLU if relu, and
+    // its weight gradient (CUDA tensors take cuDNN there).
+    "_conv3d_small(Tensor input, Tensor weight, Tensor? bias, bool relu=False) -> Tensor",
     "_conv3d_small_weight_grad(Tensor input, Tensor grad_output) -> Tensor",
     // CPU-only training batch norm of deepem.model.batch_norm (batch statistics of float32
     // NCDHW volumes, optionally followed by a ReLU; var_unbiased for the running variance).

@@ -1,13 +1,12 @@
 // Entries of _conv3d_small and _conv3d_small_weight_grad: argument checks, then the AVX2 kernels
 // of ops/cpu/conv3d_small_kernel.cpp, or torch's own convolution on a CPU without AVX2 + FMA.
 // CPU only: deepem.model.conv3d calls them for the narrow detector's CPU training and
-// deepem.infer.fused for its full-resolution layers in detection (with the residual and ReLU
-// that follow them); CUDA tensors take cuDNN there.
+// deepem.infer.fused for its full-resolution layers in detection (with the ReLU that follows
+// them); CUDA tensors take cuDNN there.
 #include "conv3d_small.h"
 
 #include <torch/library.h>
 
-#include <vector>
 
 #include "checks.h"
 #include "cpu/avx2.h"
@@ -32,7 +31,7 @@ void check_weight(const at::Tensor& weight, int64_t in_channels, const char* op)
 }
 
 at::Tensor conv3d_small_cpu(const at::Tensor& input, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
-                            const c10::optional<at::Tensor>& residual, bool relu) {
+                            bool relu) {
   constexpr const char* op = "_conv3d_small";
   check_volume(input, op, "input");
   check_weight(weight, input.size(1), op);
@@ -44,31 +43,22 @@ at::Tensor conv3d_small_cpu(const at::Tensor& input, const at::Tensor& weight, c
                  ": argument 'bias' must be a float32 CPU tensor, got ", bias->scalar_type(), " on ",
                  bias->device());
   }
-  const std::vector<int64_t> out_shape = {input.size(0), O, input.size(2), input.size(3), input.size(4)};
-  if (residual) {
-    check_volume(*residual, op, "residual");
-    DEEPEM_CHECK(residual->sizes() == at::IntArrayRef(out_shape), op, ": argument 'residual' must have the output's shape ",
-                 at::IntArrayRef(out_shape), ", got ", residual->sizes());
-  }
   if (!avx2_fma_supported()) {
     at::Tensor out = at::conv3d(input, weight, bias, 1, 1);
-    if (residual) out.add_(*residual);
     return relu ? out.relu_() : out;
   }
   const at::Tensor x = input.contiguous(), w = weight.contiguous();
   const at::Tensor b = bias ? bias->contiguous() : at::Tensor();
-  const at::Tensor r = residual ? residual->contiguous() : at::Tensor();
-  at::Tensor out = at::empty(out_shape, x.options());
+  at::Tensor out = at::empty({x.size(0), O, x.size(2), x.size(3), x.size(4)}, x.options());
   if (out.numel() == 0) return out;
   if (x.size(1) == 0) {  // no input channels: the convolution is zero
     out.zero_();
     if (bias) out.add_(b.view({1, O, 1, 1, 1}));
-    if (residual) out.add_(r);
     return relu ? out.relu_() : out;
   }
   conv3d_small_forward_cpu_kernel(x.data_ptr<float>(), w.data_ptr<float>(), bias ? b.data_ptr<float>() : nullptr,
-                                  residual ? r.data_ptr<float>() : nullptr, relu, out.data_ptr<float>(), x.size(0),
-                                  x.size(1), O, x.size(2), x.size(3), x.size(4));
+                                  relu, out.data_ptr<float>(), x.size(0), x.size(1), O, x.size(2), x.size(3),
+                                  x.size(4));
   return out;
 }
 

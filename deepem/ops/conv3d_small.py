@@ -44,10 +44,10 @@ def avx2_kernels() -> bool:
     return load().avx2_kernels()
 
 
-def conv3d_small(x: Tensor, weight: Tensor, bias=None, residual=None, relu: bool = False) -> Tensor:
-    """F.conv3d(x, weight, bias, padding=1) for weight [O, I, 3, 3, 3], plus residual (the
-    output's shape) if given, then a ReLU if relu: one pass over the output."""
-    return torch.ops.deepem._conv3d_small(x, weight, bias, residual, relu)
+def conv3d_small(x: Tensor, weight: Tensor, bias=None, relu: bool = False) -> Tensor:
+    """F.conv3d(x, weight, bias, padding=1) for weight [O, I, 3, 3, 3], then a ReLU if relu (in
+    the same pass over the output)."""
+    return torch.ops.deepem._conv3d_small(x, weight, bias, relu)
 
 
 def conv3d_small_weight_grad(x: Tensor, grad_output: Tensor) -> Tensor:
@@ -56,7 +56,7 @@ def conv3d_small_weight_grad(x: Tensor, grad_output: Tensor) -> Tensor:
 
 
 @torch.library.register_fake("deepem::_conv3d_small")
-def _conv3d_small_fake(x, weight, bias, residual=None, relu=False):
+def _conv3d_small_fake(x, weight, bias, relu=False):
     torch._check(x.dim() == 5, lambda: "input must be [B, C, D, H, W]")
     return x.new_empty((x.shape[0], weight.shape[0], *x.shape[2:]))
 

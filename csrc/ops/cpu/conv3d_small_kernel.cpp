@@ -70,20 +70,12 @@ struct Slab {
   }
 };
 
-// What the forward adds to each output before storing it: the same row of a residual volume
-// (per output channel of the block; null for none), then a ReLU.
-struct Epilogue {
-  const float* const* residual = nullptr;
-  bool relu = false;
-};
-
 // out[o][x .. x + 8 * NC) of one output row for OB output channels; taps[(i * 27 + t) * O + o]
 // are the weights; rows = the slab's data + y * row (channel i, plane dz at + i * 3 * plane +
 // dz_offset[dz]; tap dx of output x at + x + dx).
 template <int OB, int NC, bool MASKED>
 DEEPEM_AVX2_FMA void forward_block(const float* rows, const Slab& slab, int64_t I, const float* taps, int64_t O,
-                                   const float* bias, const Epilogue& epilogue, float* const* out, int64_t x,
-                                   int64_t n_last) {
+                                   const float* bias, bool relu, float* const* out, int64_t x, int64_t n_last) {
   __m256 acc[OB][NC];
   for (int o = 0; o < OB; ++o)
     for (int c = 0; c < NC; ++c) acc[o][c] = _mm256_set1_ps(bias ? bias[o] : 0.f);
@@ -106,14 +98,8 @@ DEEPEM_AVX2_FMA void forward_block(const float* rows, const Slab& slab, int64_t 
   }
   for (int o = 0; o < OB; ++o)
     for (int c = 0; c < NC; ++c) {
-      const bool tail = MASKED && c == NC - 1;
-      __m256 v = acc[o][c];
-      if (epilogue.residual) {
-        const float* r = epilogue.residual[o] + x + 8 * c;
-        v = _mm256_add_ps(v, tail ? _mm256_maskload_ps(r, mask) : _mm256_loadu_ps(r));
-      }
-      if (epilogue.relu) v = _mm256_max_ps(_mm256_setzero_ps(), v);  // max(0, NaN) is NaN, as torch's relu
-      if (tail)
+      const __m256 v = relu ? _mm256_max_ps(_mm256_setzero_ps(), acc[o][c]) : acc[o][c];  // max(0, NaN) = NaN
+      if (MASKED && c == NC - 1)
         _mm256_maskstore_ps(out[o] + x + 8 * c, mask, v);
       else
         _mm256_storeu_ps(out[o] + x + 8 * c, v);
@@ -123,15 +109,14 @@ DEEPEM_AVX2_FMA void forward_block(const float* rows, const Slab& slab, int64_t 
 // Outputs x0 <= x < x1 of one row.
 template <int OB>
 DEEPEM_AVX2_FMA void forward_row(const float* rows, const Slab& slab, int64_t I, const float* taps, int64_t O,
-                                 const float* bias, const Epilogue& epilogue, float* const* out, int64_t x0,
-                                 int64_t x1) {
+                                 const float* bias, bool relu, float* const* out, int64_t x0, int64_t x1) {
   int64_t x = x0;
-  for (; x + 16 <= x1; x += 16) forward_block<OB, 2, false>(rows, slab, I, taps, O, bias, epilogue, out, x, 8);
+  for (; x + 16 <= x1; x += 16) forward_block<OB, 2, false>(rows, slab, I, taps, O, bias, relu, out, x, 8);
   if (x + 8 <= x1) {
-    forward_block<OB, 1, false>(rows, slab, I, taps, O, bias, epilogue, out, x, 8);
+    forward_block<OB, 1, false>(rows, slab, I, taps, O, bias, relu, out, x, 8);
     x += 8;
   }
-  if (x < x1) forward_block<OB, 1, true>(rows, slab, I, taps, O, bias, epilogue, out, x, x1 - x);
+  if (x < x1) forward_block<OB, 1, true>(rows, slab, I, taps, O, bias, relu, out, x, x1 - x);
 }
 
 // Output channels in blocks of at most 6, as even as possible: 6 x 2 accumulators + 2 inputs + 1
@@ -139,8 +124,8 @@ DEEPEM_AVX2_FMA void forward_row(const float* rows, const Slab& slab, int64_t I,
 // do not). With the (dz, dy) loop rolled GCC kept them on the stack across it, and blocks of 4
 // were faster; unrolled, blocks of 6 run 8 x 6 -> 6 x 32^3 in 6.5 ms on 1 thread against 7.9-8.2
 // (blocks of 4): 85% of the core's fp32 peak.
-using ForwardRow = void (*)(const float*, const Slab&, int64_t, const float*, int64_t, const float*, const Epilogue&,
-                            float* const*, int64_t, int64_t);
+using ForwardRow = void (*)(const float*, const Slab&, int64_t, const float*, int64_t, const float*, bool, float* const*,
+                            int64_t, int64_t);
 const ForwardRow kForwardRows[] = {nullptr,        forward_row<1>, forward_row<2>, forward_row<3>,
                                    forward_row<4>, forward_row<5>, forward_row<6>};
 
@@ -196,8 +181,8 @@ std::vector<int64_t> channel_blocks(int64_t O, int64_t most) {
 
 }  // namespace
 
-void conv3d_small_forward_cpu_kernel(const float* input, const float* weight, const float* bias,
-                                     const float* residual, bool relu, float* output, int64_t B, int64_t I, int64_t O,
+void conv3d_small_forward_cpu_kernel(const float* input, const float* weight, const float* bias, bool relu,
+                                     float* output, int64_t B, int64_t I, int64_t O,
                                      int64_t D, int64_t H, int64_t W) {
   // taps[(i * 27 + t) * O + o] = weight[o, i, t]: a tap's output channels side by side
   std::vector<float> taps(I * 27 * O);
@@ -215,7 +200,6 @@ void conv3d_small_forward_cpu_kernel(const float* input, const float* weight, co
   at::parallel_for(0, B * strips, 1, [&](int64_t begin, int64_t end) {
     Slab slab(I, strip, W);
     std::vector<float*> out(O);
-    std::vector<const float*> res(O);
     for (int64_t p = begin; p < end; ++p) {
       const int64_t b = p / strips, y0 = p % strips * strip, y1 = std::min(H, y0 + strip);
       for (int64_t z = 0; z < D; ++z) {
@@ -223,16 +207,9 @@ void conv3d_small_forward_cpu_kernel(const float* input, const float* weight, co
         for (int64_t y = y0; y < y1; ++y) {
           int64_t o0 = 0;
           for (int64_t ob : blocks) {
-            for (int64_t o = 0; o < ob; ++o) {
-              const int64_t at = (((b * O + o0 + o) * D + z) * H + y) * W;
-              out[o] = output + at;
-              if (residual) res[o] = residual + at;
-            }
-            Epilogue epilogue;
-            epilogue.residual = residual ? res.data() : nullptr;
-            epilogue.relu = relu;
+            for (int64_t o = 0; o < ob; ++o) out[o] = output + (((b * O + o0 + o) * D + z) * H + y) * W;
             kForwardRows[ob](slab.data.data() + (y - y0) * slab.row, slab, I, taps.data() + o0, O,
-                             bias ? bias + o0 : nullptr, epilogue, out.data(), 0, W);
+                             bias ? bias + o0 : nullptr, relu, out.data(), 0, W);
             o0 += ob;
           }
         }
@@ -272,8 +249,8 @@ void conv3d_small_weight_grad_cpu_kernel(const float* input, const float* grad, 
   }
 }
 #else
-void conv3d_small_forward_cpu_kernel(const float*, const float*, const float*, const float*, bool, float*, int64_t,
-                                     int64_t, int64_t, int64_t, int64_t, int64_t) {}
+void conv3d_small_forward_cpu_kernel(const float*, const float*, const float*, bool, float*, int64_t, int64_t,
+                                     int64_t, int64_t, int64_t, int64_t) {}
 void conv3d_small_weight_grad_cpu_kernel(const float*, const float*, float*, int64_t, int64_t, int64_t, int64_t,
                                          int64_t, int64_t) {}
 #endif
