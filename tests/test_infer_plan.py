@@ -4,6 +4,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from deepem.data.datasets import PAD_VALUE, coord_map, extract
@@ -161,18 +162,26 @@ def test_fused_runner_equals_the_module_and_follows_weight_changes(width):
     assert runner._fused.narrow_pre == (width < 1 and conv3d_small.avx2_kernels())
 
 
-def test_fused_preblock_in_deepems_convolution_equals_onednns():
-    """The narrow preBlock (NCDHW, conv3d_small with its ReLU, deepem's pooling) against the same
-    weights through oneDNN's fused convolutions (a model built with cpu_kernels=False)."""
+@pytest.mark.parametrize("chunk,shape", [(64, (2, 1, 48, 64, 80)), (16, (2, 1, 80, 32, 48)), (64, (1, 1, 144, 16, 32))])
+def test_fused_preblock_in_deepems_convolution_equals_onednns(monkeypatch, chunk, shape):
+    """The narrow preBlock (NCDHW, conv3d_small with its ReLU, deepem's pooling, in chunks of
+    planes along z: one, five, and 64 + 64 + 16) against the same weights through oneDNN's fused
+    convolutions (a model built with cpu_kernels=False)."""
     if not (fast.fused.available() and conv3d_small.avx2_kernels()):
         pytest.skip("needs oneDNN's fused convolutions and a CPU with AVX2 + FMA")
+    monkeypatch.setattr(fast.fused, "_NARROW_CHUNK", chunk)
     model = res18_with_statistics(0.25)
     plain = Res18(width=0.25, cpu_kernels=False).eval()
     plain.load_state_dict(model.state_dict())
     narrow, onednn = fast.fused.FusedRes18(model), fast.fused.FusedRes18(plain)
     assert narrow.narrow_pre and not onednn.narrow_pre
-    x, c = torch.randn(2, 1, 48, 64, 80), torch.randn(2, 3, 12, 16, 20)
+    x, c = torch.randn(*shape), torch.randn(shape[0], 3, *[s // 4 for s in shape[2:]])
+    x[:, :, chunk - 1: chunk + 1] += 2.0  # structure across the first chunk border
     torch.testing.assert_close(narrow(x, c), onednn(x, c), atol=2e-5, rtol=1e-4)
+    # the pooled preBlock itself, where a wrong plane at a chunk border would show first
+    with torch.no_grad():
+        want = F.max_pool3d(model.preBlock(x), 2, 2)
+    torch.testing.assert_close(narrow._narrow_pre_pooled(x), want, atol=1e-5, rtol=1e-5)
 
 
 def test_torchscript_runner_equals_the_module_and_follows_weight_changes(monkeypatch):

@@ -36,6 +36,7 @@ from ..ops import conv3d_small as small
 CL = torch.channels_last_3d
 _ONES = [1, 1, 1]
 _PACKED_SHAPES = 4  # input shapes whose packed weights are kept (a full-width model's: 21 MB each)
+_NARROW_CHUNK = 64  # planes of the narrow preBlock computed at a time (even: pooling pairs)
 
 
 def available() -> bool:
@@ -156,6 +157,27 @@ class FusedRes18:
         self.head = _Conv(m.output[0])
         self.out = _Conv(m.output[2])
 
+    def _narrow_pre_pooled(self, x: Tensor) -> Tensor:
+        """max_pool(preBlock(x)) in channels_last_3d, the preBlock in chunks of _NARROW_CHUNK planes
+        along z, each with the 2 planes on either side its two 3^3 convolutions need (computed again
+        per chunk: +2 x 4 / 64 of the preBlock's work). The full-resolution activations are then a
+        chunk's, not the scan's: on a LUNA16-size scan 2 x 0.9 GB that a process's first scan
+        page-faulted in (1-1.5 s on the 2-core VM) become 2 x ~0.2 GB, reused by each chunk."""
+        b, _, d, h, w = x.shape
+        pooled = torch.empty((b, self.pre[1].weight.shape[0], d // 2, h // 2, w // 2),
+                             memory_format=CL) if d > _NARROW_CHUNK else None
+        for z0 in range(0, d, _NARROW_CHUNK):
+            z1 = min(d, z0 + _NARROW_CHUNK)
+            lo, hi = max(0, z0 - 2), min(d, z1 + 2)  # even: whole pooling pairs
+            # Planes lo and hi - 1 see the chunk's zero padding (wrong unless at the scan's border),
+            # the next ones in from them too after the second convolution; z0 .. z1 - 1 are exact.
+            out = self.pre[1](self.pre[0](x[:, :, lo:hi]))
+            chunk = torch.ops.deepem._max_pool3d_2x(out)[0][:, :, (z0 - lo) // 2:(z1 - lo) // 2]
+            if pooled is None:
+                return chunk.contiguous(memory_format=CL)
+            pooled[:, :, z0 // 2:z1 // 2].copy_(chunk)
+        return pooled
+
     def _stage(self, name: str, x: Tensor) -> Tensor:
         for block in self.stages[name]:
             x = block(x)
@@ -164,13 +186,12 @@ class FusedRes18:
     @torch.no_grad()
     def __call__(self, x: Tensor, coord: Tensor) -> Tensor:
         check_input(x, coord)
-        if self.narrow_pre:  # NCDHW (for one channel the same bytes as channels_last_3d)
-            out = self.pre[1](self.pre[0](x.float().contiguous()))
-            pooled = torch.ops.deepem._max_pool3d_2x(out)[0].contiguous(memory_format=CL)
+        if self.narrow_pre:
+            pooled = self._narrow_pre_pooled(x.float().contiguous())  # NCDHW: one channel, the same bytes as CL
         else:
             out = self.pre[1](self.pre[0](x.float().contiguous(memory_format=CL)))
             pooled = _max_pool2(out)
-        del out  # the largest activation: freed before forw1 allocates
+            del out  # the largest activation: freed before forw1 allocates
         out1 = self._stage("forw1", pooled)
         out2 = self._stage("forw2", _max_pool2(out1))
         out3 = self._stage("forw3", _max_pool2(out2))
