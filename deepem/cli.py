@@ -287,7 +287,7 @@ def _write_marks_csv(path, marks_by_uid, diameters_by_uid):
 
 
 def _detect(args):
-    from .infer import Detector
+    from .infer import Detector, fused
     from .infer import run
 
     try:
@@ -307,10 +307,13 @@ def _detect(args):
                             tile_batch=args.tile_batch, amp=args.amp, threshold=args.threshold,
                             max_memory=args.max_memory * 2**30 if args.max_memory else None,
                             trusted=args.trust_checkpoint)
+        form = NETWORK_FORMS[detector.runner().mode]
+        if detector.runner().mode == "fused" and fused.narrow_kernels_apply(detector.model):
+            form += ", its full-resolution layers in deepem's AVX2 convolution"
         print("deepem detect: %s, amp %s%s, %s tiles, network as %s" % (
             detector.device, detector.amp, " (auto)" if args.amp == "auto" else "",
-            "DeepLung's %d-voxel" % args.tile if args.tile else "planned (fewest that fit memory)",
-            NETWORK_FORMS[detector.runner().mode]), file=sys.stderr)
+            "DeepLung's %d-voxel" % args.tile if args.tile else "planned (fewest that fit memory)", form),
+            file=sys.stderr)
     except (FileNotFoundError, KeyError, ValueError, RuntimeError) as e:
         print("deepem detect: %s" % (e.args[0] if e.args else e), file=sys.stderr)
         return 2

@@ -268,7 +268,7 @@ def read_csv(path):
         return list(csv.reader(f))
 
 
-def test_cli_detect_preprocessed_folder_with_overlay(scans, checkpoint, tmp_path):
+def test_cli_detect_preprocessed_folder_with_overlay(scans, checkpoint, tmp_path, capsys):
     top = Detector(checkpoint, device="cpu", margin=16).detect(scans["pre"], uid="scan0").probability[0]
     out = tmp_path / "run"
     rc = cli.main(["detect", str(checkpoint), "--data", str(scans["pre"]), "--out", str(out), "--device", "cpu",
@@ -290,6 +290,9 @@ def test_cli_detect_preprocessed_folder_with_overlay(scans, checkpoint, tmp_path
     assert report["scans_done"] == ["scan0"] and report["failed"] == {}
     assert report["settings"]["network"] == ("fused" if fast.fused.available() else "torchscript")
     assert not [f for f in os.listdir(out) if f.startswith(".tmp")]
+    # the first line says how the network runs, the narrow full-resolution layers included
+    narrow = fast.fused.available() and fast.fused.narrow_kernels_apply(Detector(checkpoint, device="cpu").model)
+    assert ("full-resolution layers in deepem's AVX2 convolution" in capsys.readouterr().err) == narrow
 
 
 def test_cli_detect_reports_an_unreadable_scan_and_goes_on(scans, checkpoint, tmp_path, capsys):
