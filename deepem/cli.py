@@ -307,8 +307,9 @@ def _detect(args):
                             tile_batch=args.tile_batch, amp=args.amp, threshold=args.threshold,
                             max_memory=args.max_memory * 2**30 if args.max_memory else None,
                             trusted=args.trust_checkpoint)
-        form = NETWORK_FORMS[detector.runner().mode]
-        if detector.runner().mode == "fused" and fused.narrow_kernels_apply(detector.model):
+        mode = detector.runner().mode
+        form = NETWORK_FORMS[mode]
+        if mode == "fused" and fused.narrow_kernels_apply(detector.model):
             form += ", its full-resolution layers in deepem's AVX2 convolution"
         print("deepem detect: %s, amp %s%s, %s tiles, network as %s" % (
             detector.device, detector.amp, " (auto)" if args.amp == "auto" else "",

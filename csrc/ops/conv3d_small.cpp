@@ -7,7 +7,6 @@
 
 #include <torch/library.h>
 
-
 #include "checks.h"
 #include "cpu/avx2.h"
 

@@ -106,17 +106,16 @@ DEEPEM_AVX2_FMA void forward_block(const float* rows, const Slab& slab, int64_t 
     }
 }
 
-// Outputs x0 <= x < x1 of one row.
 template <int OB>
 DEEPEM_AVX2_FMA void forward_row(const float* rows, const Slab& slab, int64_t I, const float* taps, int64_t O,
-                                 const float* bias, bool relu, float* const* out, int64_t x0, int64_t x1) {
-  int64_t x = x0;
-  for (; x + 16 <= x1; x += 16) forward_block<OB, 2, false>(rows, slab, I, taps, O, bias, relu, out, x, 8);
-  if (x + 8 <= x1) {
+                                 const float* bias, bool relu, float* const* out, int64_t W) {
+  int64_t x = 0;
+  for (; x + 16 <= W; x += 16) forward_block<OB, 2, false>(rows, slab, I, taps, O, bias, relu, out, x, 8);
+  if (x + 8 <= W) {
     forward_block<OB, 1, false>(rows, slab, I, taps, O, bias, relu, out, x, 8);
     x += 8;
   }
-  if (x < x1) forward_block<OB, 1, true>(rows, slab, I, taps, O, bias, relu, out, x, x1 - x);
+  if (x < W) forward_block<OB, 1, true>(rows, slab, I, taps, O, bias, relu, out, x, W - x);
 }
 
 // Output channels in blocks of at most 6, as even as possible: 6 x 2 accumulators + 2 inputs + 1
@@ -125,7 +124,7 @@ DEEPEM_AVX2_FMA void forward_row(const float* rows, const Slab& slab, int64_t I,
 // were faster; unrolled, blocks of 6 run 8 x 6 -> 6 x 32^3 in 6.5 ms on 1 thread against 7.9-8.2
 // (blocks of 4): 85% of the core's fp32 peak.
 using ForwardRow = void (*)(const float*, const Slab&, int64_t, const float*, int64_t, const float*, bool, float* const*,
-                            int64_t, int64_t);
+                            int64_t);
 const ForwardRow kForwardRows[] = {nullptr,        forward_row<1>, forward_row<2>, forward_row<3>,
                                    forward_row<4>, forward_row<5>, forward_row<6>};
 
@@ -209,7 +208,7 @@ void conv3d_small_forward_cpu_kernel(const float* input, const float* weight, co
           for (int64_t ob : blocks) {
             for (int64_t o = 0; o < ob; ++o) out[o] = output + (((b * O + o0 + o) * D + z) * H + y) * W;
             kForwardRows[ob](slab.data.data() + (y - y0) * slab.row, slab, I, taps.data() + o0, O,
-                             bias ? bias + o0 : nullptr, relu, out.data(), 0, W);
+                             bias ? bias + o0 : nullptr, relu, out.data(), W);
             o0 += ob;
           }
         }
